@@ -1,0 +1,146 @@
+"""The registry: every model by name, built by one generic builder per family.
+
+A new depth or width is one line in ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import flax.linen as nn
+
+from resnet_flax.lenet import LeNet5
+from resnet_flax.resnet import (
+    BasicBlock,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResNet,
+)
+from resnet_flax.vgg import CFGS, VGG
+
+_CIFAR = dict(stem="cifar", widths=(16, 32, 64), stem_width=16, shortcut="zero_pad", num_classes=10)
+_CIFAR_STEM = dict(stem="cifar", num_classes=10)
+
+# name -> (module class, fixed architecture arguments). Options a user may pass are the
+# module's remaining fields (see ``model_options``).
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    # torchvision, architecture-exact
+    "resnet18": (ResNet, dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2))),
+    "resnet34": (ResNet, dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3))),
+    "resnet50": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3))),
+    "resnet101": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3))),
+    "resnet152": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 8, 36, 3))),
+    "resnext50_32x4d": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
+    ),  # noqa: E501
+    "resnext101_32x8d": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8),
+    ),  # noqa: E501
+    "resnext101_64x4d": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4),
+    ),  # noqa: E501
+    "wide_resnet50_2": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), width_per_group=128),
+    ),  # noqa: E501
+    "wide_resnet101_2": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), width_per_group=128),
+    ),  # noqa: E501
+    **{
+        f"vgg{depth}{'_bn' if bn else ''}": (VGG, dict(cfg=tuple(CFGS[cfg]), batch_norm=bn))
+        for depth, cfg in ((11, "A"), (13, "B"), (16, "D"), (19, "E"))
+        for bn in (False, True)
+    },
+    # CIFAR ResNets of He et al. 2016, section 4.2: 6n+2 layers, option-A shortcuts
+    **{
+        f"resnet{6 * n + 2}": (ResNet, dict(block=BasicBlock, stage_sizes=(n, n, n), **_CIFAR))
+        for n in (3, 5, 7, 9, 18, 200)
+    },
+    # Pre-activation ResNets (He et al., "Identity Mappings in Deep Residual Networks")
+    "preact_resnet18": (ResNet, dict(block=PreActBasicBlock, stage_sizes=(2, 2, 2, 2))),
+    "preact_resnet34": (ResNet, dict(block=PreActBasicBlock, stage_sizes=(3, 4, 6, 3))),
+    "preact_resnet50": (ResNet, dict(block=PreActBottleneck, stage_sizes=(3, 4, 6, 3))),
+    "preact_resnet101": (ResNet, dict(block=PreActBottleneck, stage_sizes=(3, 4, 23, 3))),
+    "preact_resnet152": (ResNet, dict(block=PreActBottleneck, stage_sizes=(3, 8, 36, 3))),
+    # The ImageNet family with a CIFAR stem (3x3/1 conv, no max-pool)
+    "resnet18_cifar": (ResNet, dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2), **_CIFAR_STEM)),
+    "resnet34_cifar": (ResNet, dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3), **_CIFAR_STEM)),
+    "resnet50_cifar": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), **_CIFAR_STEM)),
+    "preact_resnet18_cifar": (
+        ResNet,
+        dict(block=PreActBasicBlock, stage_sizes=(2, 2, 2, 2), **_CIFAR_STEM),
+    ),  # noqa: E501
+    "lenet5": (LeNet5, {}),
+}
+
+# Names whose architecture is torchvision's own: weights import and parity tests apply.
+TORCHVISION_MODELS: tuple[str, ...] = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+    "wide_resnet50_2", "wide_resnet101_2",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+)  # fmt: skip
+
+
+def list_models() -> list[str]:
+    """All registered model names, in registry order."""
+    return list(_REGISTRY)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``create_model(name, ...)`` accepts, with their defaults."""
+    cls, fixed = _lookup(name)
+    return {
+        f.name: _default(f)
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in fixed and f.name not in ("parent", "name")
+    } | {k: v for k, v in fixed.items() if k in _OVERRIDABLE}
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build the named model with torchvision-style options (e.g. ``num_classes=10``).
+
+    Raises ``ValueError`` naming an unknown model or option and suggesting close matches.
+    """
+    cls, fixed = _lookup(name)
+    allowed = model_options(name)
+    for key in options:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown option {key!r} for model {name!r}{_suggest(key, allowed)}. "
+                f"Options: {', '.join(sorted(allowed))}."
+            )
+    return cls(**(fixed | options))
+
+
+# Architecture arguments that torchvision also exposes as options (ResNeXt/Wide widths).
+_OVERRIDABLE = ("groups", "width_per_group", "num_classes")
+
+
+def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown model {name!r}{_suggest(name, _REGISTRY)}. "
+            f"See resnet_flax.list_models() for all {len(_REGISTRY)} names."
+        )
+    return _REGISTRY[name]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -1,0 +1,230 @@
+"""One generic ResNet: torchvision's ResNet/ResNeXt/Wide ResNet, CIFAR ResNets, pre-activation.
+
+Submodule names mirror torchvision's state_dict keys (``layer1.0.conv1`` is ``layer1_0/conv1``),
+so converting weights is a renaming plus a transpose (see :mod:`resnet_flax.convert`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, ClassVar, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_flax.checks import check_images, check_options
+from resnet_flax.layers import BatchNorm, conv, max_pool, torch_linear_init
+
+ModuleDef = Any
+Shortcut = Literal["projection", "zero_pad"]
+
+
+def zero_pad_shortcut(x: jax.Array, stride: int, features: int) -> jax.Array:
+    """Option-A shortcut of He et al. 2016 (section 4.2): subsample, then zero-pad channels."""
+    x = x[:, ::stride, ::stride, :]
+    extra = features - x.shape[-1]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class Block(nn.Module):
+    """Fields shared by every residual block; ``_shortcut`` reads them."""
+
+    planes: int
+    norm: ModuleDef
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    base_width: int = 64
+    shortcut: Shortcut | None = None
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+
+    expansion: ClassVar[int] = 1
+    preact: ClassVar[bool] = False
+
+
+class BasicBlock(Block):
+    """torchvision's ``BasicBlock``: two 3x3 convs (expansion 1)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.groups != 1 or self.base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
+        if self.dilation > 1:
+            raise ValueError("BasicBlock does not support dilation > 1 (torchvision neither)")
+        c = partial(conv, dtype=self.dtype)
+        out = c(self.planes, 3, self.stride, name="conv1")(x)
+        out = nn.relu(self.norm(name="bn1")(out, train))
+        out = c(self.planes, 3, name="conv2")(out)
+        out = self.norm(name="bn2", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
+        return nn.relu(out + _shortcut(self, x, train))
+
+
+class Bottleneck(Block):
+    """torchvision's ``Bottleneck`` (v1.5: the stride sits on the 3x3 conv), expansion 4."""
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        c = partial(conv, dtype=self.dtype)
+        out = nn.relu(self.norm(name="bn1")(c(width, 1, name="conv1")(x), train))
+        out = c(width, 3, self.stride, groups=self.groups, dilation=self.dilation, name="conv2")(
+            out
+        )
+        out = nn.relu(self.norm(name="bn2")(out, train))
+        out = c(self.planes * self.expansion, 1, name="conv3")(out)
+        out = self.norm(name="bn3", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
+        return nn.relu(out + _shortcut(self, x, train))
+
+
+class PreActBasicBlock(Block):
+    """Pre-activation basic block (He et al., "Identity Mappings in Deep Residual Networks")."""
+
+    preact = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = partial(conv, dtype=self.dtype)
+        out = nn.relu(self.norm(name="bn1")(x, train))
+        identity = _shortcut(self, x, train, preactivated=out)
+        out = c(self.planes, 3, self.stride, name="conv1")(out)
+        out = nn.relu(self.norm(name="bn2")(out, train))
+        out = c(self.planes, 3, name="conv2")(out)
+        return out + identity
+
+
+class PreActBottleneck(Block):
+    """Pre-activation bottleneck block, stride on the 3x3 conv, expansion 4."""
+
+    expansion = 4
+    preact = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        c = partial(conv, dtype=self.dtype)
+        out = nn.relu(self.norm(name="bn1")(x, train))
+        identity = _shortcut(self, x, train, preactivated=out)
+        out = c(width, 1, name="conv1")(out)
+        out = nn.relu(self.norm(name="bn2")(out, train))
+        out = c(width, 3, self.stride, groups=self.groups, dilation=self.dilation, name="conv2")(
+            out
+        )
+        out = nn.relu(self.norm(name="bn3")(out, train))
+        out = c(self.planes * self.expansion, 1, name="conv3")(out)
+        return out + identity
+
+
+def _last_bn_init(zero: bool) -> Callable:
+    return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+def _shortcut(
+    block: Block, x: jax.Array, train: bool, preactivated: jax.Array | None = None
+) -> jax.Array:
+    """The identity path of ``block``: identity, projection (``downsample``) or zero-padding.
+
+    Post-activation blocks project with conv1x1 + BatchNorm (torchvision's ``downsample.0/1``);
+    pre-activation blocks project the pre-activated input with a bare conv1x1.
+    """
+    features = block.planes * block.expansion
+    if block.shortcut is None:
+        return x
+    if block.shortcut == "zero_pad":
+        return zero_pad_shortcut(x, block.stride, features)
+    if block.preact:
+        return conv(features, 1, block.stride, dtype=block.dtype, name="downsample_0")(preactivated)
+    out = conv(features, 1, block.stride, dtype=block.dtype, name="downsample_0")(x)
+    return block.norm(name="downsample_1")(out, train)
+
+
+class ResNet(nn.Module):
+    """The generic ResNet: block type, stage sizes, widths, stem and shortcut kind.
+
+    Attributes mirror torchvision's ``ResNet`` options (``num_classes``, ``zero_init_residual``,
+    ``groups``, ``width_per_group``, ``replace_stride_with_dilation``) plus:
+
+    - ``stem``: ``"imagenet"`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``"cifar"``
+      (3x3/1 conv, BN, ReLU; pre-activation nets keep the bare conv).
+    - ``shortcut``: ``"projection"`` (conv1x1 + BN, torchvision) or ``"zero_pad"``
+      (option A, He et al. 2016 section 4.2).
+    - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
+    - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
+
+    Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
+    ``intermediates`` collection (see :func:`resnet_flax.extract_features`).
+    """
+
+    block: type[Block]
+    stage_sizes: Sequence[int]
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    stem_width: int = 64
+    shortcut: Shortcut = "projection"
+    num_classes: int = 1000
+    zero_init_residual: bool = False
+    groups: int = 1
+    width_per_group: int = 64
+    replace_stride_with_dilation: Sequence[bool] | None = None
+    in_channels: int = 3
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_options(self)
+        check_images(x, type(self).__name__, self.in_channels)
+        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype)
+        preact = self.block.preact
+        x = x.astype(self.dtype)
+
+        if self.stem == "imagenet":
+            x = conv(self.stem_width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+            x = nn.relu(norm(name="bn1")(x, train))
+            x = max_pool(x, 3, 2, 1)
+        else:
+            x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, name="conv1")(x)
+            if not preact:
+                x = nn.relu(norm(name="bn1")(x, train))
+        self.sow("intermediates", "stem", x)
+
+        dilate = self.replace_stride_with_dilation or [False] * (len(self.stage_sizes) - 1)
+        inplanes, dilation = self.stem_width, 1
+        for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+            stride, previous_dilation = (1 if i == 0 else 2), dilation
+            if i > 0 and dilate[i - 1]:
+                dilation, stride = dilation * stride, 1
+            for j in range(num_blocks):
+                needs_shortcut = j == 0 and (
+                    stride != 1 or inplanes != planes * self.block.expansion
+                )
+                x = self.block(
+                    planes,
+                    norm,
+                    stride=stride if j == 0 else 1,
+                    dilation=previous_dilation if j == 0 else dilation,
+                    groups=self.groups,
+                    base_width=self.width_per_group,
+                    shortcut=self.shortcut if needs_shortcut else None,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train)
+                inplanes = planes * self.block.expansion
+            self.sow("intermediates", f"layer{i + 1}", x)
+
+        if preact:
+            x = nn.relu(norm(name="bn_final")(x, train))
+        x = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "pre_logits", x)
+        return nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=torch_linear_init(x.shape[-1]),
+            bias_init=torch_linear_init(x.shape[-1]),
+            name="fc",
+        )(x)
