@@ -1,0 +1,138 @@
+"""torchvision's ImageNet evaluation transforms, in NumPy and PIL, exactly.
+
+``preprocess`` is ``Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize``
+for PIL images, to the bit, but returns an NHWC float32 batch for the Flax models.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from resnet_flax.weights import WeightsInfo
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision's two evaluation presets for ImageNet weights: (resize_size, crop_size).
+PRESETS: dict[str, tuple[int, int]] = {"V1": (256, 224), "V2": (232, 224)}
+
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+ImageLike = Image.Image | str | os.PathLike
+
+
+@functools.cache
+def _classes() -> tuple[str, ...]:
+    text = resources.files("resnet_flax").joinpath("imagenet_classes.txt").read_text("utf-8")
+    return tuple(text.splitlines())
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names, in torchvision's index order."""
+    return list(_classes())
+
+
+def load_image(source: ImageLike) -> Image.Image:
+    """An RGB PIL image from a PIL image or an image file (grayscale, palette, RGBA: to RGB).
+
+    Raises ``FileNotFoundError``/``OSError`` naming the file when it is missing or unreadable.
+    """
+    if isinstance(source, Image.Image):
+        return source if source.mode == "RGB" else source.convert("RGB")
+    path = os.fspath(source)
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path!r}; check the path") from None
+    except OSError as e:
+        raise OSError(f"cannot read {path!r} as an image: {e}") from None
+
+
+def resize_shorter_side(
+    image: Image.Image, size: int, interpolation: str = "bilinear"
+) -> Image.Image:
+    """torchvision's ``Resize(size)``: the shorter side becomes ``size``, aspect ratio kept."""
+    width, height = image.size
+    short, long = sorted((width, height))
+    new_short, new_long = size, int(size * long / short)
+    new = (new_short, new_long) if width <= height else (new_long, new_short)
+    if new == image.size:
+        return image
+    return image.resize(new, _RESAMPLING[interpolation])
+
+
+def center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``CenterCrop(size)`` on an HWC array: zero-pads first if it is too small."""
+    height, width = array.shape[:2]
+    pad_h, pad_w = max(size - height, 0), max(size - width, 0)
+    if pad_h or pad_w:
+        pads = ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0))
+        array = np.pad(array, pads)
+        height, width = array.shape[:2]
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return array[top : top + size, left : left + size]
+
+
+def preprocess(
+    images: ImageLike | Sequence[ImageLike],
+    resize_size: int = 256,
+    crop_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """A float32 NHWC batch from PIL images or image files, as torchvision's eval transforms.
+
+    Equals ``Compose([Resize(resize_size), CenterCrop(crop_size), ToTensor(),
+    Normalize(mean, std)])`` (and ``weights.transforms()``) on PIL input, transposed to NHWC.
+    """
+    if interpolation not in _RESAMPLING:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; choose one of {', '.join(_RESAMPLING)}"
+        )
+    for name, value in (("resize_size", resize_size), ("crop_size", crop_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(images, Image.Image | str | os.PathLike):
+        images = [images]
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    batch = []
+    for source in images:
+        image = resize_shorter_side(load_image(source), resize_size, interpolation)
+        pixels = center_crop(np.asarray(image), crop_size).astype(np.float32) / np.float32(255)
+        batch.append((pixels - mean32) / std32)
+    return np.stack(batch)
+
+
+def transforms_for(weights: WeightsInfo | str) -> Callable[..., np.ndarray]:
+    """``preprocess`` set up for a weights entry or a preset name (``"V1"``: 256/224, ``"V2"``:
+    232/224); call it on images."""
+    if isinstance(weights, str):
+        if weights.upper() not in PRESETS:
+            raise ValueError(f"unknown preset {weights!r}; choose one of {', '.join(PRESETS)}")
+        resize_size, crop_size = PRESETS[weights.upper()]
+        return functools.partial(preprocess, resize_size=resize_size, crop_size=crop_size)
+    return functools.partial(
+        preprocess,
+        resize_size=weights.resize_size,
+        crop_size=weights.crop_size,
+        mean=weights.mean,
+        std=weights.std,
+        interpolation=weights.interpolation,
+    )
