@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,8 @@ class LeNet5(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None  # accepted for a uniform interface; LeNet-5 has no BatchNorm
     dtype: Any = jnp.float32
+
+    head: ClassVar[str] = "fc3"  # the classifier layer, replaced when fine-tuning
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

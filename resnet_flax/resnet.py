@@ -174,6 +174,8 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     dtype: Any = jnp.float32
 
+    head: ClassVar[str] = "fc"  # the classifier layer, replaced when fine-tuning
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_options(self)

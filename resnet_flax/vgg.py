@@ -7,7 +7,7 @@ port with a renaming and a transpose.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -40,6 +40,8 @@ class VGG(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    head: ClassVar[str] = "classifier_6"  # the classifier layer, replaced when fine-tuning
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -1,0 +1,193 @@
+"""torchvision <-> Flax weights: import a state_dict, export one back.
+
+The whole conversion is this table, because module names mirror torchvision's:
+
+=========================  ==========================================  =====================
+torchvision key            Flax variable                               array
+=========================  ==========================================  =====================
+``a.0.conv1.weight``       ``params/a_0/conv1/kernel``                 OIHW -> HWIO
+``fc.weight``              ``params/fc/kernel``                        (out, in) -> (in, out)
+``*.bias``                 ``params/*/bias``                           as is
+``bn1.weight``             ``params/bn1/scale``                        as is
+``bn1.running_mean``       ``batch_stats/bn1/mean``                    as is
+``bn1.running_var``        ``batch_stats/bn1/var``                     as is
+``bn1.num_batches_tracked`` ``batch_stats/bn1/num_batches_tracked``    int64 <-> int32
+=========================  ==========================================  =====================
+
+VGG's first classifier layer needs no reordering: the model flattens in torch's NCHW order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_flax.pth import read_state_dict, write_pth, write_safetensors
+from resnet_flax.registry import create_model
+
+Variables = dict[str, Any]
+
+_LEAF_TO_TORCH = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+    ("batch_stats", "num_batches_tracked"): "num_batches_tracked",
+}
+
+
+def torch_key(collection: str, path: tuple[str, ...]) -> str:
+    """The torchvision state_dict key of a Flax variable (``layer1_0`` -> ``layer1.0``)."""
+    *modules, leaf = path
+    names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+    return ".".join([*names, _LEAF_TO_TORCH[(collection, leaf)]])
+
+
+def _to_flax(array: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    return array
+
+
+def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    return array
+
+
+def abstract_variables(model: nn.Module) -> Variables:
+    """The variables' shapes and dtypes, without computing anything."""
+    x = jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def load_torchvision(
+    name: str, source: str | os.PathLike | Mapping[str, Any], **options: Any
+) -> tuple[nn.Module, Variables]:
+    """Build ``name`` and load torchvision weights into it.
+
+    ``source`` is a ``.pth``/``.pt`` file (read without torch, no code run), a ``.safetensors``
+    file (torchvision's or timm's ResNet key names), or a mapping of arrays or tensors.
+    ``num_classes`` defaults to the file's; asking for a different one re-initialises the
+    head (``seed`` option, default 0) and warns. Returns ``(model, variables)``.
+    """
+    state = read_state_dict(source)
+    seed = options.pop("seed", 0)
+    probe = create_model(name, **options)
+    head = probe.head
+    head_weight = state.get(f"{torch_key('params', (head, 'kernel'))}")
+    file_classes = None if head_weight is None else int(np.shape(head_weight)[0])
+    new_head = False
+    if "num_classes" not in options and file_classes is not None:
+        options["num_classes"] = file_classes
+    elif file_classes is not None and options["num_classes"] != file_classes:
+        new_head = True
+        warnings.warn(
+            f"{name}: the weights have {file_classes} classes, num_classes={options['num_classes']} "
+            f"was asked for: the head '{head}' is re-initialised (seed {seed}).",
+            stacklevel=2,
+        )
+    model = create_model(name, **options)
+
+    expected = traverse_util.flatten_dict(abstract_variables(model))
+    fresh = None
+    if new_head:
+        x = jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
+        fresh = traverse_util.flatten_dict(
+            jax.jit(lambda: model.init(jax.random.key(seed), x, train=False))()
+        )
+    flat, used, errors = {}, set(), []
+    for (collection, *path), spec in expected.items():
+        key = torch_key(collection, tuple(path))
+        if new_head and path[0] == head:
+            flat[(collection, *path)] = fresh[(collection, *path)]
+            used.add(key)
+            continue
+        if key not in state:
+            errors.append(f"missing key {key!r} (expected shape {_torch_shape(spec.shape, path)})")
+            continue
+        used.add(key)
+        array = _to_flax(np.asarray(state[key]), path[-1])
+        if array.shape != spec.shape:
+            errors.append(
+                f"key {key!r} has shape {tuple(np.shape(state[key]))}, the model expects "
+                f"{_torch_shape(spec.shape, path)}"
+            )
+            continue
+        flat[(collection, *path)] = jnp.asarray(array, spec.dtype)
+    unexpected = sorted(set(state) - used)
+    errors += [f"unexpected key {k!r} with shape {tuple(np.shape(state[k]))}" for k in unexpected]
+    if errors:
+        shown = "\n  ".join(errors[:20]) + (f"\n  ... {len(errors) - 20} more" if len(errors) > 20 else "")
+        raise ValueError(
+            f"the weights do not fit {name} (options {options}):\n  {shown}\n"
+            "Check the model name and options (e.g. num_classes, groups, width_per_group)."
+        )
+    return model, traverse_util.unflatten_dict(flat)
+
+
+def export_torchvision(name: str, variables: Variables, **options: Any) -> dict[str, np.ndarray]:
+    """A torchvision ``state_dict`` (numpy arrays) that ``load_state_dict(strict=True)`` takes.
+
+    ``name`` and ``options`` select the architecture, checked against the variables' shapes.
+    """
+    flat = traverse_util.flatten_dict(variables)
+    model = create_model(name, **options)
+    if "num_classes" not in options:
+        head_kernel = flat.get(("params", model.head, "kernel"))
+        if head_kernel is not None:
+            model = create_model(name, **(options | {"num_classes": head_kernel.shape[-1]}))
+    expected = traverse_util.flatten_dict(abstract_variables(model))
+    missing = [k for k in expected if k not in flat]
+    extra = [k for k in flat if k not in expected and k[0] in ("params", "batch_stats")]
+    if missing or extra:
+        raise ValueError(
+            f"variables do not match {name}: missing {['/'.join(k) for k in missing[:5]]}, "
+            f"unexpected {['/'.join(k) for k in extra[:5]]}"
+        )
+    out = {}
+    for (collection, *path), spec in expected.items():
+        array = np.asarray(jax.device_get(flat[(collection, *path)]))
+        if array.shape != spec.shape:
+            raise ValueError(
+                f"{'/'.join([collection, *path])} has shape {array.shape}, {name} expects "
+                f"{spec.shape}"
+            )
+        if path[-1] == "num_batches_tracked":
+            array = array.astype(np.int64)
+        else:
+            array = array.astype(np.float32)
+        out[torch_key(collection, tuple(path))] = np.ascontiguousarray(_to_torch(array, path[-1]))
+    return out
+
+
+def save_torchvision(
+    path: str | os.PathLike, name: str, variables: Variables, **options: Any
+) -> None:
+    """Write the exported ``state_dict`` to ``.pth`` (torch.load-able) or ``.safetensors``."""
+    state = export_torchvision(name, variables, **options)
+    suffix = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if suffix == "safetensors":
+        write_safetensors(path, state)
+    elif suffix in ("pth", "pt"):
+        write_pth(path, state)
+    else:
+        raise ValueError(f"cannot tell the format of {os.fspath(path)!r}: use .pth or .safetensors")
+
+
+def _torch_shape(flax_shape: tuple[int, ...], path: list[str]) -> tuple[int, ...]:
+    return tuple(_to_torch(np.empty(flax_shape, np.uint8), path[-1]).shape)

@@ -1,0 +1,125 @@
+"""Architecture, registry and BatchNorm behaviour that needs no torch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_flax
+from resnet_flax.convert import abstract_variables
+from resnet_flax.layers import BatchNorm, adaptive_avg_pool
+
+
+def n_params(name: str, **options) -> int:
+    variables = abstract_variables(resnet_flax.create_model(name, **options))
+    return sum(a.size for a in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize(
+    "name, count",
+    [  # He et al. 2016 Table 6 (0.27M .. 19.4M); kuangliu's CIFAR ResNet-18: 11,173,962
+        ("resnet20", 269_722), ("resnet32", 464_154), ("resnet44", 658_586),
+        ("resnet56", 853_018), ("resnet110", 1_727_962), ("resnet1202", 19_421_274),
+        ("resnet18_cifar", 11_173_962), ("lenet5", 62_006),
+    ],
+)  # fmt: skip
+def test_cifar_parameter_counts(name: str, count: int) -> None:
+    assert n_params(name) == count
+
+
+@pytest.mark.parametrize("name", resnet_flax.list_models())
+def test_every_model_traces_at_32px(name: str) -> None:
+    """Shapes only (abstract evaluation): every registered model takes 32x32 input."""
+    model = resnet_flax.create_model(name, num_classes=7)
+    out, _ = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.ones((2, 32, 32, 3)), train=True)
+    )
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet18_cifar", "lenet5"])
+def test_small_models_run(name: str) -> None:
+    model = resnet_flax.create_model(name, num_classes=7)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    out, _ = jax.jit(lambda x: model.init_with_output(jax.random.key(0), x, train=True))(x)
+    assert out.shape == (2, 7)
+    assert np.isfinite(np.asarray(out)).all() and np.asarray(out).std() > 0
+
+
+def test_unknown_model_and_option_suggest_close_matches() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnet5'.*did you mean.*'resnet56'"):
+        resnet_flax.create_model("resnet5")
+    with pytest.raises(ValueError, match="unknown option 'num_class'.*did you mean 'num_classes'"):
+        resnet_flax.create_model("resnet18", num_class=10)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_non_positive_num_classes(bad) -> None:
+    model = resnet_flax.create_model("resnet20", num_classes=bad)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((32, 32, 3), "rank 4"),
+        ((1, 32, 32, 1), "3 channels in the last axis"),
+        ((1, 3, 32, 32), "NCHW input"),
+    ],
+)
+def test_bad_input_shapes(shape, match) -> None:
+    model = resnet_flax.create_model("resnet20")
+    with pytest.raises(ValueError, match=match):
+        model.init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_image_too_small_or_wrong_size() -> None:
+    with pytest.raises(ValueError, match="at least 32x32"):
+        resnet_flax.create_model("vgg11").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match="takes 32x32 images; got 64x64"):
+        resnet_flax.create_model("lenet5").init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+
+
+def test_zero_init_residual_zeroes_last_bn() -> None:
+    model = resnet_flax.create_model("resnet20", zero_init_residual=True)
+    params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()["params"]
+    assert not np.asarray(params["layer1_0"]["bn2"]["scale"]).any()
+    assert np.asarray(params["layer1_0"]["bn1"]["scale"]).all()
+
+
+def test_dilation_keeps_resolution() -> None:
+    model = resnet_flax.create_model("resnet50", replace_stride_with_dilation=(False, True, True))
+    x = jnp.zeros((1, 64, 64, 3))
+    _, state = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), x, mutable=True)
+    )
+    assert state["intermediates"]["layer4"][0].shape == (1, 8, 8, 2048)  # output stride 8
+
+
+def test_batchnorm_matches_torch_conventions() -> None:
+    """Running var uses the unbiased variance; momentum 0.1 weights the new batch."""
+    x = jax.random.normal(jax.random.key(0), (4, 3, 5, 2)) * 3 + 1
+    bn = BatchNorm()
+    variables = bn.init(jax.random.key(1), x, train=True)
+    assert int(variables["batch_stats"]["num_batches_tracked"]) == 0  # init does not count
+    y, updated = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    flat = np.asarray(x).reshape(-1, 2)
+    stats = updated["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * flat.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-6)
+    assert int(stats["num_batches_tracked"]) == 1
+    np.testing.assert_allclose(
+        np.asarray(y).reshape(-1, 2), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), atol=1e-5
+    )
+
+
+def test_adaptive_avg_pool_matches_torch_bins() -> None:
+    x = jnp.arange(2 * 10 * 9 * 1, dtype=jnp.float32).reshape(2, 10, 9, 1)
+    out = np.asarray(adaptive_avg_pool(x, (7, 7)))
+    # torch: bin i spans floor(i*H/7) .. ceil((i+1)*H/7)
+    h0, h1 = (3 * 10) // 7, -((-4 * 10) // 7)
+    w0, w1 = (5 * 9) // 7, -((-6 * 9) // 7)
+    np.testing.assert_allclose(out[1, 3, 5, 0], np.asarray(x)[1, h0:h1, w0:w1, 0].mean(), rtol=1e-6)

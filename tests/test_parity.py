@@ -1,0 +1,143 @@
+"""Every torchvision model we name computes exactly what torchvision computes.
+
+For each name: random weights with non-trivial BatchNorm weights and running statistics;
+eval-mode logits and train-mode logits + updated running statistics at 224x224 and at an odd
+size (99x99); import -> export returns identical arrays; a Flax-initialised model exported to
+torchvision gives the same logits. Bound: max |diff| <= 1e-4 * max(1, max |reference|).
+
+Set RESNET_FLAX_PARITY_REPORT=path.json to write the measured worst case per model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import resnet_flax
+from resnet_flax.convert import export_torchvision, load_torchvision
+
+torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[torch]'")
+torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
+
+BOUND = 1e-4
+SIZES = (224, 99)
+_REPORT: dict[str, dict[str, float]] = {}
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max(1, max |ref|): the quantity the bound applies to."""
+    return float(np.abs(out - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def torch_model(name: str, seed: int) -> torch.nn.Module:
+    """torchvision's model with random weights and non-trivial BatchNorm state."""
+    torch.manual_seed(seed)
+    options = {"dropout": 0.0} if name.startswith("vgg") else {}
+    model = torchvision.models.get_model(name, weights=None, **options)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def options(name: str) -> dict:
+    return {"dropout": 0.0} if name.startswith("vgg") else {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    if _REPORT and (path := os.environ.get("RESNET_FLAX_PARITY_REPORT")):
+        with open(path, "w") as f:
+            json.dump(_REPORT, f, indent=1, sort_keys=True)
+
+
+@pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
+def test_torchvision_parity(name: str) -> None:
+    tmodel = torch_model(name, seed=0)
+    state = state_dict_numpy(tmodel)
+    model, variables = load_torchvision(name, state, **options(name))
+    report = _REPORT.setdefault(name, {})
+
+    # import -> export returns identical arrays (num_batches_tracked included)
+    exported = export_torchvision(name, variables)
+    assert exported.keys() == state.keys()
+    for key, ref in state.items():
+        assert exported[key].dtype == ref.dtype, key
+        np.testing.assert_array_equal(exported[key], ref, err_msg=key)
+
+    rng = np.random.default_rng(0)
+    eval_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    train_fn = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    with jax.default_matmul_precision("highest"):
+        for size in SIZES:
+            x = rng.standard_normal((2, size, size, 3), dtype=np.float32)
+
+            tmodel.eval()
+            with torch.no_grad():
+                ref = tmodel(nchw(x)).numpy()
+            err = rel_err(np.asarray(eval_fn(variables, x)), ref)
+            report[f"eval_{size}"] = err
+            assert err <= BOUND, f"{name} eval logits at {size}: relative error {err:.2e}"
+
+            tmodel.train()  # one train-mode forward: logits and updated running statistics
+            with torch.no_grad():
+                ref = tmodel(nchw(x)).numpy()
+            ref_state = state_dict_numpy(tmodel)
+            tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            logits, updated = train_fn(variables, x)
+            err = rel_err(np.asarray(logits), ref)
+            report[f"train_{size}"] = err
+            assert err <= BOUND, f"{name} train logits at {size}: relative error {err:.2e}"
+
+            ours = export_torchvision(name, {"params": variables["params"], **updated})
+            worst = 0.0
+            for key, ref_value in ref_state.items():
+                if key.endswith("num_batches_tracked"):
+                    np.testing.assert_array_equal(ours[key], ref_value, err_msg=key)
+                elif key.endswith(("running_mean", "running_var")):
+                    worst = max(worst, rel_err(ours[key], ref_value))
+            report[f"stats_{size}"] = worst
+            assert worst <= BOUND, f"{name} running stats at {size}: relative error {worst:.2e}"
+
+    # a Flax-initialised model, exported, loads into torchvision and gives the same logits
+    flax_model = resnet_flax.create_model(name, **options(name))
+    x = rng.standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
+    flax_vars = jax.jit(lambda: flax_model.init(jax.random.key(1), x[:1], train=False))()
+    fresh = torchvision.models.get_model(name, weights=None, **options(name)).eval()
+    fresh.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in export_torchvision(name, flax_vars).items()},
+        strict=True,
+    )
+    with torch.no_grad(), jax.default_matmul_precision("highest"):
+        err = rel_err(np.asarray(eval_fn(flax_vars, x)), fresh(nchw(x)).numpy())
+    report["flax_init_export"] = err
+    assert err <= BOUND, f"{name} Flax-initialised, exported: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
+def test_parameter_count(name: str) -> None:
+    from resnet_flax.convert import abstract_variables
+
+    ours = sum(a.size for a in jax.tree.leaves(abstract_variables(resnet_flax.create_model(name))["params"]))
+    with torch.device("meta"):
+        theirs = sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters())
+    assert ours == theirs
