@@ -171,7 +171,7 @@ def export_torchvision(name: str, variables: Variables, **options: Any) -> dict[
             array = array.astype(np.int64)
         else:
             array = array.astype(np.float32)
-        out[torch_key(collection, tuple(path))] = np.ascontiguousarray(_to_torch(array, path[-1]))
+        out[torch_key(collection, tuple(path))] = _to_torch(array, path[-1]).copy(order="C")
     return out
 
 

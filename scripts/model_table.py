@@ -1,0 +1,36 @@
+"""Print the README's model table: parameters, torchvision's top-1, measured parity bound.
+
+    RESNET_FLAX_PARITY_REPORT=/tmp/parity.json pytest tests/test_parity.py
+    python scripts/model_table.py /tmp/parity.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+
+import resnet_flax
+from resnet_flax.convert import abstract_variables
+from resnet_flax.weights import weights_for
+
+
+def main(report_path: str | None) -> None:
+    report = json.load(open(report_path)) if report_path else {}
+    print("| model | parameters | torchvision top-1 (V1 / V2) | parity: worst relative error |")
+    print("|---|---:|---|---:|")
+    for name in resnet_flax.list_models():
+        variables = abstract_variables(resnet_flax.create_model(name))
+        params = sum(a.size for a in jax.tree.leaves(variables["params"]))
+        top1 = " / ".join(f"{w.top1:.3f}" for w in weights_for(name) if w.top1 is not None)
+        worst = max(report[name].values()) if name in report else None
+        if worst is not None:
+            parity = f"{worst:.1e}"
+        else:
+            parity = "not measured" if name in resnet_flax.TORCHVISION_MODELS else "- (ours)"
+        print(f"| `{name}` | {params:,} | {top1 or '-'} | {parity} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
