@@ -1,0 +1,385 @@
+"""Inference helpers: preprocessing, class names, weights table, predict CLI, summary, features."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import resnet_flax
+from resnet_flax.features import extract_features
+from resnet_flax.preprocess import imagenet_classes, preprocess, transforms_for
+from resnet_flax.summary import summary
+from resnet_flax.weights import WEIGHTS, identify, weights_for
+
+REPO = Path(__file__).resolve().parents[1]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _has_converter() -> bool:
+    try:
+        import resnet_flax.convert  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_converter = pytest.mark.skipif(not _has_converter(), reason="resnet_flax.convert not there")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Real image files at odd sizes: RGB JPEG and PNG, grayscale, RGBA."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    made = []
+    for (width, height), mode, name in [
+        ((500, 375), "RGB", "landscape.jpg"),
+        ((333, 517), "RGB", "portrait.png"),
+        ((301, 299), "L", "gray.png"),
+        ((640, 480), "RGBA", "alpha.png"),
+    ]:
+        channels = len(mode)
+        yy, xx = np.mgrid[0:height, 0:width]
+        smooth = (xx[..., None] * 255 // width + yy[..., None] * np.arange(1, channels + 1)) % 256
+        noise = rng.integers(0, 64, (height, width, channels))
+        pixels = ((smooth + noise) % 256).astype(np.uint8)
+        Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(folder / name)
+        made.append(folder / name)
+    return made
+
+
+# --- class names and weights table -------------------------------------------------------------
+
+
+def test_imagenet_classes() -> None:
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and len(set(classes)) == 1000 and all(classes)
+    assert classes[0] == "tench" and classes[207] == "golden retriever"
+
+
+def test_imagenet_classes_are_torchvisions() -> None:
+    pytest.importorskip("torchvision", reason="compares with torchvision's class names")
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    assert imagenet_classes() == list(_IMAGENET_CATEGORIES)
+
+
+def test_weights_table_parameter_counts() -> None:
+    for name in resnet_flax.TORCHVISION_MODELS:
+        entries = weights_for(name)
+        assert entries, f"no weights listed for {name}"
+        model = resnet_flax.create_model(name)
+        shapes = jax.eval_shape(
+            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+        )
+        count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes["params"]))
+        for entry in entries:
+            assert entry.num_params == count, f"{entry.model} {entry.tag}"
+
+
+def test_weights_table_is_torchvisions() -> None:
+    models = pytest.importorskip("torchvision.models", reason="compares with torchvision's enums")
+    expected = {
+        (name, e.name): e for name in resnet_flax.TORCHVISION_MODELS
+        for e in models.get_model_weights(name)
+    }  # fmt: skip
+    assert {(w.model, w.tag) for w in WEIGHTS} == set(expected)
+    for w in WEIGHTS:
+        e = expected[(w.model, w.tag)]
+        t = e.transforms()
+        assert w.url == e.url
+        assert (w.resize_size, w.crop_size) == (t.resize_size[0], t.crop_size[0])
+        assert (w.mean, w.std, w.interpolation) == (
+            tuple(t.mean),
+            tuple(t.std),
+            t.interpolation.value,
+        )
+        assert w.num_params == e.meta["num_params"]
+        assert w.features_only == (e.meta["categories"] is None)
+        if w.top1 is not None:
+            assert (w.top1, w.top5) == tuple(e.meta["_metrics"]["ImageNet-1K"].values())
+
+
+def test_identify_by_file_name() -> None:
+    v2 = identify(Path("/home/me/.cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"))
+    assert (v2.model, v2.tag, v2.resize_size, v2.crop_size) == (
+        "resnet50",
+        "IMAGENET1K_V2",
+        232,
+        224,
+    )
+    assert identify("resnet50-0676ba61.pth").resize_size == 256
+    assert identify("my_resnet50.pth") is None
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+
+def test_preprocess_shapes_and_modes(images) -> None:
+    batch = preprocess(images)
+    assert batch.shape == (4, 224, 224, 3) and batch.dtype == np.float32
+    gray = preprocess(images[2])[0]  # grayscale becomes three equal channels
+    unnormalised = gray * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+    np.testing.assert_allclose(unnormalised[..., 0], unnormalised[..., 2], atol=1e-6)
+    assert transforms_for("V2")(images[0]).shape == (1, 224, 224, 3)
+
+
+@pytest.mark.parametrize("tag", ["IMAGENET1K_V1", "IMAGENET1K_V2"])
+def test_preprocess_equals_weights_transforms(images, tag) -> None:
+    models = pytest.importorskip("torchvision.models", reason="compares with torchvision")
+    weights = models.ResNet50_Weights[tag]
+    ours = transforms_for(identify(weights.url))(images)
+    for image, got in zip(images, ours, strict=True):
+        with Image.open(image) as pil:
+            want = weights.transforms()(pil.convert("RGB")).permute(1, 2, 0).numpy()
+        assert np.abs(got - want).max() <= 1e-6, image.name
+
+
+@pytest.mark.parametrize("resize, crop", [(256, 224), (232, 224), (200, 224), (300, 257)])
+def test_preprocess_equals_classic_compose(images, resize, crop) -> None:
+    pytest.importorskip("torchvision", reason="compares with torchvision")
+    from torchvision import transforms as T
+
+    compose = T.Compose(
+        [T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
+    ours = preprocess(images, resize, crop)
+    for image, got in zip(images, ours, strict=True):
+        with Image.open(image) as pil:
+            want = compose(pil.convert("RGB")).permute(1, 2, 0).numpy()
+        assert np.abs(got - want).max() <= 1e-6, f"{image.name} at {resize}/{crop}"
+
+
+def test_preprocess_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="image not found: .*nope.jpg"):
+        preprocess(tmp_path / "nope.jpg")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(OSError, match="cannot read .*notes.jpg"):
+        preprocess(tmp_path / "notes.jpg")
+    with pytest.raises(ValueError, match="unknown preset 'V3'"):
+        transforms_for("V3")
+    with pytest.raises(ValueError, match="crop_size must be a positive integer"):
+        preprocess(Image.new("RGB", (8, 8)), crop_size=0)
+
+
+# --- features ----------------------------------------------------------------------------------
+
+
+def _random_variables(name: str, seed: int = 0) -> tuple[Any, dict]:
+    """``create_model(name)`` and random variables of a trained net's scale, drawn with NumPy
+    (compiling ``model.init`` takes far longer on CPU than these tests may)."""
+    model = resnet_flax.create_model(name)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, spec):
+        leaf, shape = path[-1].key, spec.shape
+        if leaf == "kernel":
+            return rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:-1]))
+        if leaf == "var":
+            return rng.uniform(0.5, 1.5, shape)
+        if leaf == "num_batches_tracked":
+            return np.zeros(shape, spec.dtype)
+        return rng.uniform(0.8, 1.2, shape) if leaf == "scale" else rng.normal(0, 0.1, shape)
+
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    return model, jax.tree.map(lambda a, s: jnp.asarray(a, s.dtype), variables, shapes)
+
+
+def test_features_resnet50_shapes() -> None:
+    model = resnet_flax.create_model("resnet50")
+    for train in (False, True):
+        x = jnp.zeros((1, 224, 224, 3))
+        feats = jax.eval_shape(
+            lambda x, t=train: extract_features(model, model.init(jax.random.key(0), x), x, t), x
+        )
+        assert {name: f.shape[1:] for name, f in feats.items()} == {
+            "stem": (56, 56, 64),
+            "layer1": (56, 56, 256),
+            "layer2": (28, 28, 512),
+            "layer3": (14, 14, 1024),
+            "layer4": (7, 7, 2048),
+            "pre_logits": (2048,),
+        }
+
+
+def test_features_pre_logits_give_the_logits() -> None:
+    model, variables = _random_variables("resnet50")
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    feats, logits = jax.jit(
+        lambda v, x: (extract_features(model, v, x), model.apply(v, x, train=False))
+    )(variables, x)
+    fc = variables["params"]["fc"]
+    assert feats["layer4"].shape == (2, 2, 2, 2048)
+    np.testing.assert_allclose(
+        feats["pre_logits"] @ fc["kernel"] + fc["bias"], logits, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_features_vgg() -> None:
+    model = resnet_flax.create_model("vgg11")
+    x = jnp.zeros((2, 224, 224, 3))
+    shapes = jax.eval_shape(lambda: extract_features(model, model.init(jax.random.key(0), x), x))
+    assert {k: v.shape for k, v in shapes.items()} == {
+        "features": (2, 7, 7, 512),
+        "pre_logits": (2, 4096),
+    }
+
+
+@needs_converter
+def test_features_equal_torchvision_resnet18() -> None:
+    torch = pytest.importorskip("torch", reason="compares with torchvision")
+    from torchvision.models import resnet18
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from resnet_flax.convert import load_torchvision
+
+    torch.manual_seed(0)
+    net = resnet18().eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model, variables = load_torchvision("resnet18", net.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    nodes = {"maxpool": "stem", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}}
+    nodes["flatten"] = "pre_logits"
+    with torch.no_grad():
+        want = create_feature_extractor(net, nodes)(torch.from_numpy(x))
+    got = extract_features(model, variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    for name, value in want.items():
+        value = value.numpy()
+        value = value.transpose(0, 2, 3, 1) if value.ndim == 4 else value
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+def _totals(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^(Total params|batch_stats entries):\s+([\d,]+)$", text, re.M))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_summary_totals_are_torchvisions(name, capsys) -> None:
+    text = summary(name)
+    assert capsys.readouterr().out.strip() == text.strip()
+    totals = _totals(text)
+    assert int(totals["Total params"].replace(",", "")) == weights_for(name)[0].num_params
+    torchvision = pytest.importorskip("torchvision", reason="counts torchvision's own model")
+    net = getattr(torchvision.models, name)()
+    assert int(totals["Total params"].replace(",", "")) == sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for b in net.buffers())
+    assert int(totals["batch_stats entries"].replace(",", "")) == buffers
+
+
+def test_summary_rows_and_errors() -> None:
+    text = summary("resnet152", depth=2)
+    assert re.search(r"^layer4_2\s+\(1, 7, 7, 2048\)", text, re.M)
+    assert re.search(r"^  downsample_1\s+\(1, 7, 7, 2048\)\s+4,096$", text, re.M)
+    assert (
+        text.index("layer1_0") < text.index("layer2_0") < text.index("layer3_10") < text.index("fc")
+    )
+    with pytest.raises(ValueError, match="unknown model 'resnet51'; did you mean"):
+        summary("resnet51")
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        summary("resnet18", depth=0)
+
+
+# --- predict CLI -------------------------------------------------------------------------------
+
+
+def _cli(*args: str, block_torch: bool = False) -> subprocess.CompletedProcess:
+    """Run the predict CLI in a fresh interpreter; ``block_torch`` makes ``import torch`` fail."""
+    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
+    code = prelude + "from resnet_flax.predict import main; sys.exit(main(sys.argv[1:]))"
+    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env
+    )
+
+
+def _parse(stdout: str) -> dict[str, list[tuple[str, float]]]:
+    result, current = {}, None
+    for line in stdout.splitlines():
+        if match := re.fullmatch(r"  \d+\. (.+?)\s+(\d+\.\d\d)%", line):
+            result[current].append((match[1], float(match[2])))
+        else:
+            current = line
+            result[current] = []
+    return result
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> Path:
+    """A random-weight resnet18 saved as torchvision's .pth, its head scaled down so that
+    the top classes share the probability."""
+    if not _has_converter():
+        pytest.skip("resnet_flax.convert not there")
+    from resnet_flax.convert import save_torchvision
+
+    _, variables = _random_variables("resnet18", seed=3)
+    variables["params"]["fc"]["kernel"] = variables["params"]["fc"]["kernel"] * 0.05
+    path = tmp_path_factory.mktemp("weights") / "my_resnet18.pth"
+    save_torchvision(path, "resnet18", variables)
+    return path
+
+
+def test_predict_cli_matches_torchvision(resnet18_file, images) -> None:
+    run = _cli("--model", "resnet18", "--weights", str(resnet18_file), *map(str, images[:2]),
+               block_torch=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    printed = _parse(run.stdout)
+    assert list(printed) == [str(p) for p in images[:2]]
+    for rows in printed.values():
+        assert len(rows) == 5
+        probs = [p for _, p in rows]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.01
+    for block in re.split(r"^\S.*\n", run.stdout, flags=re.M)[1:]:
+        assert len({len(line) for line in block.splitlines()}) == 1  # aligned
+
+    torch = pytest.importorskip("torch", reason="compares with torchvision")
+    from torchvision import transforms as T
+    from torchvision.models import resnet18
+
+    net = resnet18().eval()
+    net.load_state_dict(torch.load(resnet18_file, weights_only=True))
+    compose = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
+    classes = imagenet_classes()
+    for image in images[:2]:
+        with Image.open(image) as pil, torch.no_grad():
+            probs = net(compose(pil.convert("RGB"))[None]).softmax(-1)[0]
+        top = probs.topk(5)
+        rows = printed[str(image)]
+        assert [name for name, _ in rows] == [classes[i] for i in top.indices]
+        np.testing.assert_allclose([p for _, p in rows], 100 * top.values.numpy(), atol=0.006)
+
+
+def test_predict_cli_errors(resnet18_file, images, tmp_path) -> None:
+    missing = _cli("--model", "resnet18", "--weights", str(resnet18_file), "nope.jpg")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: image not found: 'nope.jpg'"
+
+    unknown = _cli("--model", "resnet51", "--weights", str(resnet18_file), str(images[0]))
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "error: unknown model 'resnet51'; did you mean" in unknown.stderr
+
+    named = tmp_path / "resnet18-f37072fd.pth"  # torchvision's name: the model is read from it
+    os.symlink(resnet18_file, named)
+    wrong = _cli("--model", "resnet34", "--weights", str(named), str(images[0]))
+    assert wrong.returncode == 2
+    assert (
+        "holds torchvision's resnet18 weights, not resnet34: use --model resnet18" in wrong.stderr
+    )
