@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
 
+    batch = preprocess_images(args.images, **settings)  # unreadable images fail before loading
     model, variables = load_torchvision(name, args.weights)
-    batch = preprocess_images(args.images, **settings)
     probs, indices = top_classes(model, variables, batch, min(args.top, model.num_classes))
     classes = (
         imagenet_classes()
