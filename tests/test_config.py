@@ -1,0 +1,257 @@
+"""Configs load and validate; overrides are typed; the CLI reports bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import resnet_flax
+from train import cli
+from train.config import (
+    ConfigError,
+    apply_overrides,
+    list_configs,
+    load_config,
+    override,
+    validate,
+)
+
+# Keys other tools read by name (the brief's list).
+REQUIRED_KEYS = (
+    "model", "dataset", "data_dir", "train_split", "eval_split", "image_size", "num_classes",
+    "num_epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing",
+    "warmup_epochs", "lr_schedule", "optimizer", "dtype", "seed", "pretrained", "freeze_backbone",
+    "sync_batch_norm", "model_options", "eval_batch_size", "momentum", "nesterov", "lr_boundaries",
+    "lr_decay_factor", "decay_norm_and_bias", "augment", "flip_tta", "checkpoint",
+    "keep_checkpoints", "keep_best", "checkpoint_every_steps", "eval_every_epochs",
+    "log_every_steps", "num_workers", "max_steps", "profile_steps"
+)  # fmt: skip
+EXPECTED_CONFIGS = (
+    "resnet18_cifar", "resnet20_cifar", "resnet56_cifar", "resnet110_cifar",
+    "preact_resnet18_cifar", "lenet5_cifar", "resnet50_imagenet", "resnet18_imagenet",
+    "resnet34_finetune", "resnet20_digits", "fake_data_benchmark"
+)  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _error(excinfo: pytest.ExceptionInfo) -> str:
+    return str(excinfo.value)
+
+
+def test_the_expected_configs_exist() -> None:
+    assert set(EXPECTED_CONFIGS) <= set(list_configs())
+    assert not any(name.startswith("_") for name in list_configs())
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_config_loads_validates_and_names_a_model(name: str) -> None:
+    config = validate(load_config(name))
+    assert config.name == name
+    assert set(REQUIRED_KEYS) <= set(config.keys())
+    assert config.model in resnet_flax.list_models()
+
+
+def test_recipes_from_the_papers() -> None:
+    he = load_config("resnet110_cifar")
+    # 32k/48k/64k iterations at 50,000 / 128 = 390.6 steps per epoch.
+    iterations = [e * 50_000 / 128 for e in (*he.lr_boundaries, he.num_epochs)]
+    assert iterations == pytest.approx([32_000, 48_000, 64_000], rel=2e-3)
+    assert (he.weight_decay, he.warmup_epochs, he.lr_schedule) == (1e-4, 1.0, "piecewise")
+    goyal = load_config("resnet50_imagenet")
+    assert goyal.learning_rate == pytest.approx(0.1 * goyal.batch_size / 256)
+    assert tuple(goyal.lr_boundaries) == (30, 60, 80) and goyal.warmup_epochs == 5
+    assert goyal.model_options.zero_init_residual and not goyal.decay_norm_and_bias
+    assert load_config("resnet18_cifar").weight_decay == 5e-4
+
+
+def test_overrides_are_typed_by_the_key() -> None:
+    config = load_config("resnet18_cifar")
+    apply_overrides(
+        config,
+        [
+            ("learning_rate", "1"),  # int into a float key
+            ("model_options.zero_init_residual", "true"),  # a new model option
+            ("lr_boundaries", "[30,60]"),
+            ("pretrained", "/some/where/resnet18.pth"),  # text as is for string keys
+            ("train_split", "train[:45000]"),
+            ("eval_split", "'test'"),  # a quoted literal is unquoted
+            ("nesterov", "True"),
+            ("batch_size", "64"),
+        ],
+    )
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.model_options.zero_init_residual is True
+    assert tuple(config.lr_boundaries) == (30, 60)
+    assert config.pretrained == "/some/where/resnet18.pth"
+    assert (config.train_split, config.eval_split) == ("train[:45000]", "test")
+    assert config.nesterov is True and config.batch_size == 64
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("batch_size", "abc", "int"),
+        ("batch_size", "0.5", "int"),
+        ("batch_size", "true", "int"),
+        ("augment", "1", "bool"),
+        ("lr_boundaries", "30", "a list such as [30,60]"),
+    ],
+)
+def test_badly_typed_override_names_key_value_and_type(key: str, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        override(load_config("resnet18_cifar"), key, text)
+    message = _error(excinfo)
+    assert f"--config.{key}={text}" in message and f"expected {expected}" in message
+
+
+def test_unknown_keys_suggest_close_matches() -> None:
+    config = load_config("resnet18_cifar")
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rte'.*'learning_rate'"):
+        override(config, "learning_rte", "0.1")
+    with pytest.raises(ConfigError, match="unknown config key 'model_optons'.*'model_options'"):
+        override(config, "model_optons.zero_init_residual", "true")
+    with pytest.raises(ConfigError, match="'learning_rate' is a float, not a group"):
+        override(config, "learning_rate.x", "1")
+    with pytest.raises(ConfigError, match="'model_options' is a group"):
+        override(config, "model_options", "{}")
+
+
+def test_unknown_config_lists_and_suggests() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("resnet18_cifr")
+    message = _error(excinfo)
+    assert "unknown config 'resnet18_cifr'" in message
+    assert "Did you mean 'resnet18_cifar'" in message
+    assert all(name in message for name in list_configs())
+
+
+def test_config_from_a_path(tmp_path: Path) -> None:
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from configs import resnet20_cifar\n\n"
+        "def get_config():\n"
+        "    config = resnet20_cifar.get_config()\n"
+        "    config.num_epochs = 3\n"
+        "    config.lr_boundaries = (1, 2)\n"
+        "    return config\n"
+    )
+    config = validate(load_config(str(path)))
+    assert (config.name, config.model, config.num_epochs) == ("mine", "resnet20", 3)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.py"))
+
+
+def test_config_file_with_a_typo_or_wrong_type(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.py"
+    typo.write_text(
+        "from configs import _base\n\n"
+        "def get_config():\n"
+        "    config = _base.get_config()\n"
+        "    config.lerning_rate = 0.1\n"
+        "    return config\n"
+    )
+    with pytest.raises(ConfigError, match="unknown config key 'lerning_rate'.*'learning_rate'"):
+        validate(load_config(str(typo)))
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(
+        "from configs import _base\n\n"
+        "def get_config():\n"
+        "    config = _base.get_config()\n"
+        "    config.batch_size = '128'\n"
+        "    return config\n"
+    )
+    with pytest.raises(ConfigError, match="wrong.py.*'batch_size'"):
+        load_config(str(wrong))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([("optimizer", "adam")], "optimizer='adam' is not valid.*'adamw'.*sgd, adamw"),
+        ([("dtype", "float16")], "dtype='float16' is not valid.*float32, bfloat16"),
+        ([("dataset", "cifar11")], "dataset='cifar11' is not valid.*'cifar10'"),
+        ([("model", "resnet19")], "model='resnet19' is not valid.*'resnet18'"),
+        ([("batch_size", "0")], "batch_size=0: must be >= 1"),
+        ([("label_smoothing", "1.5")], r"label_smoothing=1.5: must be in \[0.0, 1.0\)"),
+        ([("lr_schedule", "piecewise")], "piecewise' needs lr_boundaries"),
+        ([("lr_boundaries", "[150,100]")], "must be ascending epochs"),
+        ([("lr_boundaries", "[100,250]")], "between 0 and num_epochs=200"),
+        ([("warmup_epochs", "200")], "warmup_epochs=200.0: must be less than num_epochs"),
+        ([("optimizer", "adamw"), ("nesterov", "true")], "nesterov=True needs optimizer='sgd'"),
+        ([("freeze_backbone", "true")], "freeze_backbone=True.*--config.pretrained="),
+        ([("pretrained", "/no/such/file.pth")], "pretrained='/no/such/file.pth': no such file"),
+        ([("model_options.num_classes", "5")], "model_options.num_classes: set the top-level"),
+        ([("model_options.dropout", "0.1")], "not an option of resnet18_cifar"),
+    ],
+)
+def test_validation_errors(overrides: list[tuple[str, str]], message: str) -> None:
+    config = load_config("resnet18_cifar")
+    apply_overrides(config, overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_cli_writes_the_resolved_config(tmp_path: Path, monkeypatch, capsys) -> None:
+    runs: list[tuple] = []
+    monkeypatch.setattr(cli, "_run", lambda config, workdir, eval_only: runs.append(
+        (config, workdir, eval_only)) or {"accuracy": 0.5})  # fmt: skip
+    workdir = tmp_path / "run"
+    argv = ["--config", "resnet20_digits", "--workdir", str(workdir)]
+    assert cli.main([*argv, "--config.learning_rate=0.05", "--config.seed", "3"]) == 0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert (saved["name"], saved["learning_rate"], saved["seed"]) == ("resnet20_digits", 0.05, 3)
+    config, _, eval_only = runs[0]
+    assert config.learning_rate == 0.05 and not eval_only
+    with pytest.raises(AttributeError):
+        config.new_key = 1  # the config handed to the loop is locked
+    assert '"accuracy": 0.5' in capsys.readouterr().out
+
+    assert cli.main([*argv, "--eval_only", "--config.flip_tta=true"]) == 0
+    assert json.loads((workdir / "eval_config.json").read_text())["flip_tta"] is True
+    assert json.loads((workdir / "config.json").read_text())["flip_tta"] is False
+    assert runs[1][2] is True
+
+
+def test_cli_default_workdir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_run", lambda *args: {})
+    assert cli.main(["--config", "lenet5_cifar"]) == 0
+    assert (tmp_path / "runs" / "lenet5_cifar" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "resnet18_cifr"], "unknown config 'resnet18_cifr'"),
+        (["--config", "resnet18_cifar", "--config.learning_rte=0.1"], "'learning_rate'"),
+        (["--config", "resnet18_cifar", "--config.batch_size=big"], "expected int"),
+        (["--config", "resnet18_cifar", "--config.optimizer=adam"], "sgd, adamw"),
+        (["--config", "resnet18_cifar", "--config.seed"], "--config.seed needs a value"),
+    ],
+)
+def test_cli_user_errors_exit_2_without_traceback(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *args, "--workdir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_help_lists_configs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0
+    assert "--config.KEY=VALUE" in result.stdout and "resnet18_cifar" in result.stdout
