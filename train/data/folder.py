@@ -1,0 +1,70 @@
+"""The ImageFolder layout, `<data_dir>/<split>/<class>/<image>`: finding splits, classes, files.
+
+Class index = position of the class folder's name in sorted order, as in torchvision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from .errors import DataError, require_dir
+from .splits import check_split
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+LAYOUT = "Lay images out as <data_dir>/<split>/<class>/<image> (the ImageFolder layout)."
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+    """Every image file of one split, in a fixed order (class, then file name)."""
+
+    root: str  # the split folder
+    class_names: list[str]
+    files: list[str]  # paths relative to root
+    labels: np.ndarray  # int32
+
+    def paths(self) -> list[str]:
+        """Absolute paths of the files."""
+        return [os.path.join(self.root, f) for f in self.files]
+
+
+def _visible_dirs(path: str) -> list[str]:
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def folder_splits(data_dir: str) -> list[str]:
+    """The split folders under `data_dir`."""
+    return _visible_dirs(require_dir(data_dir, "Image folder", LAYOUT))
+
+
+def list_folder(data_dir: str | None, split: str) -> FolderListing:
+    """List the images of `split` under `data_dir`; errors name the folder and the fix."""
+    data_dir = require_dir(data_dir, "The 'folder' data set", LAYOUT)
+    split = check_split(split, folder_splits(data_dir), f"split folders in {data_dir}")
+    root = os.path.join(data_dir, split)
+    class_names = _visible_dirs(root)
+    if not class_names:
+        raise DataError(f"{root} has no class folders. {LAYOUT}")
+    files: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for index, name in enumerate(class_names):
+        with os.scandir(os.path.join(root, name)) as entries:
+            found = sorted(
+                e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        if not found:
+            empty.append(name)
+        files.extend(os.path.join(name, f) for f in found)
+        labels.extend([index] * len(found))
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise DataError(
+            f"No images ({'/'.join(IMAGE_EXTENSIONS)}) in {len(empty)} class folder(s) of "
+            f"{root}: {shown}. Put images in every class folder or remove the empty ones."
+        )
+    return FolderListing(root, class_names, files, np.asarray(labels, dtype=np.int32))

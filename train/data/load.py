@@ -1,0 +1,59 @@
+"""`load_arrays`: any in-memory data set by name, as an ArrayDataset."""
+
+from __future__ import annotations
+
+from . import cifar, digits, fake
+from .array_dataset import ArrayDataset
+from .catalog import NORMALIZATION, check_dataset
+from .errors import DataError
+from .folder_arrays import load_folder_arrays
+from .images import resize_images
+from .splits import check_split, parse_split, resolve_slice
+
+
+def load_arrays(
+    dataset: str,
+    data_dir: str | None,
+    split: str,
+    image_size: int,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> ArrayDataset:
+    """Load a split of `dataset` into memory as uint8 (N, S, S, 3) images and int32 labels.
+
+    dataset: cifar10, cifar100 (TFDS or the python archive in data_dir, downloaded if absent),
+    folder (ImageFolder layout under data_dir; decoded once, then cached), digits (bundled with
+    scikit-learn), fake (random; `num_classes` defaults to 1000, `seed` picks the draw).
+    split: a split name, optionally sliced: 'train', 'test', 'train[:45000]', 'train[90%:]'.
+    num_classes: when given, it must match the data set's class count.
+    """
+    check_dataset(dataset)
+    if image_size < 1:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}.")
+    name, bounds = parse_split(split)
+    if dataset in ("cifar10", "cifar100"):
+        split_name = check_split(name, cifar.SPLITS, dataset)
+        images, labels, names = cifar.load_cifar(dataset, data_dir, split_name)
+        images = resize_images(images, image_size)
+    elif dataset == "folder":
+        images, labels, names = load_folder_arrays(data_dir, name, image_size)
+    elif dataset == "digits":
+        split_name = check_split(name, digits.SPLITS, dataset)
+        images, labels, names = digits.load_digits(split_name, image_size)
+    elif dataset == "fake":
+        split_name = check_split(name, fake.SPLITS, dataset)
+        images, labels, names = fake.load_fake(split_name, image_size, num_classes or 1000, seed)
+    else:
+        raise DataError(
+            f"{dataset} is too large to hold in memory: stream it with make_stream "
+            "(is_in_memory tells which loader a data set takes)."
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise DataError(
+            f"{dataset} {name} has {len(names)} classes but num_classes={num_classes} was asked "
+            f"for: set num_classes to {len(names)}."
+        )
+    index = resolve_slice(bounds, len(labels))
+    mean, std = NORMALIZATION[dataset]
+    return ArrayDataset(images[index], labels[index], len(names), list(names), mean, std)
