@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import resnet_flax
+from resnet_flax.convert import load_torchvision, save_torchvision
 from resnet_flax.features import extract_features
 from resnet_flax.preprocess import imagenet_classes, preprocess, transforms_for
 from resnet_flax.summary import summary
@@ -23,17 +24,6 @@ from resnet_flax.weights import WEIGHTS, identify, weights_for
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _has_converter() -> bool:
-    try:
-        import resnet_flax.convert  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_converter = pytest.mark.skipif(not _has_converter(), reason="resnet_flax.convert not there")
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +226,10 @@ def test_features_vgg() -> None:
     }
 
 
-@needs_converter
 def test_features_equal_torchvision_resnet18() -> None:
     torch = pytest.importorskip("torch", reason="compares with torchvision")
     from torchvision.models import resnet18
     from torchvision.models.feature_extraction import create_feature_extractor
-
-    from resnet_flax.convert import load_torchvision
 
     torch.manual_seed(0)
     net = resnet18().eval()
@@ -325,10 +312,6 @@ def _parse(stdout: str) -> dict[str, list[tuple[str, float]]]:
 def resnet18_file(tmp_path_factory) -> Path:
     """A random-weight resnet18 saved as torchvision's .pth, its head scaled down so that
     the top classes share the probability."""
-    if not _has_converter():
-        pytest.skip("resnet_flax.convert not there")
-    from resnet_flax.convert import save_torchvision
-
     _, variables = _random_variables("resnet18", seed=3)
     variables["params"]["fc"]["kernel"] = variables["params"]["fc"]["kernel"] * 0.05
     path = tmp_path_factory.mktemp("weights") / "my_resnet18.pth"
