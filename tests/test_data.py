@@ -479,6 +479,13 @@ def test_error_messages(tmp_path):
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
     with pytest.raises(DataError, match="No images .* class folder.*: cat"):
         load_arrays("folder", str(tmp_path), "train", 32)
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(DataError, match="Cannot decode .*broken.jpg"):
+        load_arrays("folder", str(tmp_path), "train", 32)
+    stream = make_stream("folder", str(tmp_path), "train", 64, train=True, global_batch_size=1,
+                         process_index=0, process_count=1, seed=0, num_workers=0)  # fmt: skip
+    with pytest.raises(DataError, match="Cannot decode .*broken.jpg"):
+        next(stream)
     with pytest.raises(DataError, match="10 classes but num_classes=100"):
         load_arrays("digits", None, "train", 32, num_classes=100)
     with pytest.raises(DataError, match="stream it with make_stream"):

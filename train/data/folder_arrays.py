@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cache
+from .errors import DataError
 from .folder import FolderListing, list_folder
 from .images import eval_crop
 
@@ -20,7 +21,10 @@ CHUNK = 256
 
 
 def _decode(path: str, size: int) -> np.ndarray:
-    return eval_crop(path, size, resize_size=size)
+    try:
+        return eval_crop(path, size, resize_size=size)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for bad files
+        raise DataError(f"Cannot decode {path}: {error}. Remove or replace the file.") from error
 
 
 def decode_all(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:

@@ -42,13 +42,16 @@ def stream_length(dataset: str, data_dir: str | None, split: str) -> int:
     return len(_source_dataset(dataset, data_dir, split))
 
 
-def _check_layout(
+def _check_arguments(
+    image_size: int,
     global_batch_size: int,
     process_index: int,
     process_count: int,
     start_step: int,
     num_workers: int,
 ) -> None:
+    if image_size < 1:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}.")
     if process_count < 1 or not 0 <= process_index < process_count:
         raise DataError(f"process_index {process_index} is not in [0, {process_count}).")
     if global_batch_size < 1 or global_batch_size % process_count:
@@ -84,7 +87,9 @@ def make_stream(
     that batch exactly. `num_workers` decoding processes (0: decode in this process).
     Close the returned iterator (`.close()`) when done with it to stop the workers early.
     """
-    _check_layout(global_batch_size, process_index, process_count, start_step, num_workers)
+    _check_arguments(
+        image_size, global_batch_size, process_index, process_count, start_step, num_workers
+    )
     ds = _source_dataset(dataset, data_dir, split)
     if train:
         ds = ds.seed(seed).shuffle().repeat().random_map(TrainTransform(image_size))

@@ -1,13 +1,14 @@
 """Random-access sources of encoded images for streaming, and the per-record grain transforms.
 
-Sources yield {"image": encoded bytes, "label": int}; they pickle small (worker processes get a
-copy) and open files or TFDS readers only when read.
+Sources yield {"image": encoded bytes, "label": int, "source": where the image came from};
+they pickle small (worker processes get a copy) and open files or TFDS readers only when read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -36,8 +37,9 @@ class FolderSource:
         return len(self._labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with open(os.path.join(self._root, os.fsdecode(self._files[index])), "rb") as file:
-            return {"image": file.read(), "label": int(self._labels[index])}
+        path = os.path.join(self._root, os.fsdecode(self._files[index]))
+        with open(path, "rb") as file:
+            return {"image": file.read(), "label": int(self._labels[index]), "source": path}
 
 
 class TfdsSource:
@@ -58,7 +60,17 @@ class TfdsSource:
         if self._source is None:
             self._source = open_tfds(*self._args, decode_images=False)
         record = self._source[index]
-        return {"image": record["image"], "label": int(record["label"])}
+        name, split, _ = self._args
+        source = f"TFDS {name} {split} record {index}"
+        return {"image": record["image"], "label": int(record["label"]), "source": source}
+
+
+def _decoded(crop: Callable[..., np.ndarray], record: dict[str, Any], *args: Any) -> np.ndarray:
+    """crop(record["image"], *args), with a decoding failure naming the image."""
+    try:
+        return crop(record["image"], *args)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for bad files
+        raise DataError(f"Cannot decode {record['source']}: {error}") from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +80,7 @@ class TrainTransform(grain.transforms.RandomMap):
     image_size: int
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = train_crop(record["image"], self.image_size, rng)
+        image = _decoded(train_crop, record, self.image_size, rng)
         return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -79,7 +91,7 @@ class EvalTransform(grain.transforms.Map):
     image_size: int
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
-        image = eval_crop(record["image"], self.image_size)
+        image = _decoded(eval_crop, record, self.image_size)
         return {"image": image, "label": np.int32(record["label"]), "mask": np.True_}
 
 
