@@ -160,8 +160,11 @@ def load_cifar(dataset: str, data_dir: str | None, split: str):
     raw = _read_members(files, root, (*files.members[split], files.meta))
     batches = [_unpickle(raw[name], f"{root}: {name}") for name in files.members[split]]
     meta = _unpickle(raw[files.meta], f"{root}: {files.meta}")
-    data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+    try:
+        data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+        labels = np.concatenate([np.asarray(b[files.label_key], np.int32) for b in batches])
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[files.names_key]]
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{root}: a {files.title} batch file lacks {error}.") from error
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.concatenate([np.asarray(b[files.label_key], np.int32) for b in batches])
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[files.names_key]]
     return np.ascontiguousarray(images), labels, names

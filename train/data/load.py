@@ -27,6 +27,8 @@ def load_arrays(
     scikit-learn), fake (random; `num_classes` defaults to 1000, `seed` picks the draw).
     split: a split name, optionally sliced: 'train', 'test', 'train[:45000]', 'train[90%:]'.
     num_classes: when given, it must match the data set's class count.
+    Decoding a folder of more than 2,000 images uses worker processes started with "spawn",
+    so a script calling this must do so under `if __name__ == "__main__":`.
     """
     check_dataset(dataset)
     if image_size < 1:
