@@ -97,8 +97,9 @@ def load_torchvision(
     elif file_classes is not None and options["num_classes"] != file_classes:
         new_head = True
         warnings.warn(
-            f"{name}: the weights have {file_classes} classes, num_classes={options['num_classes']} "
-            f"was asked for: the head '{head}' is re-initialised (seed {seed}).",
+            f"{name}: the weights have {file_classes} classes, "
+            f"num_classes={options['num_classes']} was asked for: the head '{head}' is "
+            f"re-initialised (seed {seed}).",
             stacklevel=2,
         )
     model = create_model(name, **options)
@@ -132,7 +133,8 @@ def load_torchvision(
     unexpected = sorted(set(state) - used)
     errors += [f"unexpected key {k!r} with shape {tuple(np.shape(state[k]))}" for k in unexpected]
     if errors:
-        shown = "\n  ".join(errors[:20]) + (f"\n  ... {len(errors) - 20} more" if len(errors) > 20 else "")
+        more = f"\n  ... {len(errors) - 20} more" if len(errors) > 20 else ""
+        shown = "\n  ".join(errors[:20]) + more
         raise ValueError(
             f"the weights do not fit {name} (options {options}):\n  {shown}\n"
             "Check the model name and options (e.g. num_classes, groups, width_per_group)."

@@ -1,7 +1,7 @@
 """Print the README's model table: parameters, torchvision's top-1, measured parity bound.
 
-    RESNET_FLAX_PARITY_REPORT=/tmp/parity.json pytest tests/test_parity.py
-    python scripts/model_table.py /tmp/parity.json
+RESNET_FLAX_PARITY_REPORT=/tmp/parity.json pytest tests/test_parity.py
+python scripts/model_table.py /tmp/parity.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from resnet_flax.weights import weights_for
 
 
 def main(report_path: str | None) -> None:
-    report = json.load(open(report_path)) if report_path else {}
+    report = {}
+    if report_path:
+        with open(report_path) as f:
+            report = json.load(f)
     print("| model | parameters | torchvision top-1 (V1 / V2) | parity: worst relative error |")
     print("|---|---:|---|---:|")
     for name in resnet_flax.list_models():

@@ -19,7 +19,10 @@ def resnet18_state() -> dict[str, np.ndarray]:
 
 
 def test_torch_key_mapping() -> None:
-    assert torch_key("params", ("layer1_0", "downsample_0", "kernel")) == "layer1.0.downsample.0.weight"
+    assert (
+        torch_key("params", ("layer1_0", "downsample_0", "kernel"))
+        == "layer1.0.downsample.0.weight"
+    )
     assert torch_key("params", ("bn1", "scale")) == "bn1.weight"
     assert torch_key("batch_stats", ("layer4_1", "bn2", "var")) == "layer4.1.bn2.running_var"
     assert torch_key("params", ("classifier_6", "bias")) == "classifier.6.bias"

@@ -93,9 +93,7 @@ def test_zero_init_residual_zeroes_last_bn() -> None:
 def test_dilation_keeps_resolution() -> None:
     model = resnet_flax.create_model("resnet50", replace_stride_with_dilation=(False, True, True))
     x = jnp.zeros((1, 64, 64, 3))
-    _, state = jax.eval_shape(
-        lambda: model.init_with_output(jax.random.key(0), x, mutable=True)
-    )
+    _, state = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x, mutable=True))
     assert state["intermediates"]["layer4"][0].shape == (1, 8, 8, 2048)  # output stride 8
 
 

@@ -5,6 +5,13 @@ eval-mode logits and train-mode logits + updated running statistics at 224x224 a
 size (99x99); import -> export returns identical arrays; a Flax-initialised model exported to
 torchvision gives the same logits. Bound: max |diff| <= 1e-4 * max(1, max |reference|).
 
+Random weights are drawn so that float32 can resolve the answer to the bound: the last
+BatchNorm of each residual branch gets its weight from U(0.1, 0.3), as trained ResNets have
+(every other BatchNorm: U(0.5, 1.5)). With U(0.5, 1.5) everywhere the residual stream of the
+101/152-layer nets grows until torch itself, float32 against float64, differs by 1.6e-4 in
+train mode (resnet101, 99x99, batch 2), and ours is as close to float64 as torch's is; with
+this init torch float32 vs float64 is 1.6e-6 and ours vs torch 1.7e-6 (same case).
+
 Set RESNET_FLAX_PARITY_REPORT=path.json to write the measured worst case per model.
 """
 
@@ -38,11 +45,18 @@ def torch_model(name: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     options = {"dropout": 0.0} if name.startswith("vgg") else {}
     model = torchvision.models.get_model(name, weights=None, **options)
+    resnet = torchvision.models.resnet
+    residual_last = {
+        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
+        for b in model.modules()
+        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
+    }
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
+                low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
+                m.weight.uniform_(low, high, generator=g)
                 m.bias.uniform_(-0.2, 0.2, generator=g)
                 m.running_mean.uniform_(-0.2, 0.2, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
@@ -139,7 +153,12 @@ def test_torchvision_parity(name: str) -> None:
 def test_parameter_count(name: str) -> None:
     from resnet_flax.convert import abstract_variables
 
-    ours = sum(a.size for a in jax.tree.leaves(abstract_variables(resnet_flax.create_model(name))["params"]))
+    ours = sum(
+        a.size
+        for a in jax.tree.leaves(abstract_variables(resnet_flax.create_model(name))["params"])
+    )
     with torch.device("meta"):
-        theirs = sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters())
+        theirs = sum(
+            p.numel() for p in torchvision.models.get_model(name, weights=None).parameters()
+        )
     assert ours == theirs
