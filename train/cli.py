@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args.config, overrides)
         workdir = Path(args.workdir or Path("runs") / config.name)
         saved = _save_config(config, workdir, args.eval_only)
-        print(f"config {config.name} (written to {saved}):\n{config}", flush=True)
+        print(f"config {config.name} (written to {saved}):\n{saved.read_text()}", flush=True)
         results = _run(config, workdir, args.eval_only)
     except ValueError as error:  # the project's bad-input errors: ConfigError, DataError, ...
         print(f"error: {error}", file=sys.stderr)

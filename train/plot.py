@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from train.metrics import METRICS_FILE
 
 Curves = dict[str, dict[str, list[float]]]  # split -> {"epoch": [...], "loss": [...], ...}
-PANELS = (("loss", "loss"), ("accuracy", "accuracy"))
+# (metric, y-axis scale): loss spans orders of magnitude (an early eval can be 100x the train loss)
+PANELS = (("loss", "log"), ("accuracy", "linear"))
 
 
 class PlotError(ValueError):
@@ -67,13 +68,14 @@ def plot(workdir: str | Path, out: str | Path | None = None) -> Path:
     data = curves(read_metrics(workdir / METRICS_FILE))
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
-    for axes, (key, label) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
+    for axes, (key, scale) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
         for split, series in data.items():
             style = "-" if split == "train" else "o-"
             axes.plot(series["epoch"], series[key], style, markersize=3, label=split)
         axes.set_xlabel("epoch")
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
+        axes.set_ylabel(key)
+        axes.set_yscale(scale)
+        axes.grid(alpha=0.3, which="both")
         axes.legend()
     figure.suptitle(_title(workdir))
     path = Path(out) if out else workdir / "curves.png"
