@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_boundaries = ()  # piecewise: epochs at which the rate is multiplied ...
     config.lr_decay_factor = 0.1  # ... by this factor
     config.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
-    config.sync_batch_norm = False  # BatchNorm statistics over the global batch
+    config.sync_batch_norm = True  # BatchNorm statistics over the global batch (False: per device)
     config.seed = 0
 
     # Checkpoints, evaluation, logging.
@@ -61,5 +61,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 1
     config.log_every_steps = 100
     config.max_steps = 0  # stop after this many steps (0 = no limit; tests and benchmarks)
-    config.profile_steps = 0  # trace this many steps with jax.profiler after warm-up (0 = off)
     return config

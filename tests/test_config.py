@@ -28,7 +28,7 @@ REQUIRED_KEYS = (
     "sync_batch_norm", "model_options", "eval_batch_size", "momentum", "nesterov", "lr_boundaries",
     "lr_decay_factor", "decay_norm_and_bias", "augment", "flip_tta", "checkpoint",
     "keep_checkpoints", "keep_best", "checkpoint_every_steps", "eval_every_epochs",
-    "log_every_steps", "num_workers", "max_steps", "profile_steps"
+    "log_every_steps", "num_workers", "max_steps"
 )  # fmt: skip
 EXPECTED_CONFIGS = (
     "resnet18_cifar", "resnet20_cifar", "resnet56_cifar", "resnet110_cifar",

@@ -259,7 +259,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _at_least(
         config,
         0,
-        ("num_classes", "keep_best", "checkpoint_every_steps", "max_steps", "profile_steps",
+        ("num_classes", "keep_best", "checkpoint_every_steps", "max_steps",
          "num_workers", "weight_decay", "warmup_epochs"),
     )  # fmt: skip
     if config.learning_rate <= 0:
