@@ -1,0 +1,196 @@
+"""The training loop end to end on a tiny run: resume exactness, signals, NaN, evaluation.
+
+resnet20 at 16x16 on 128 digits (4 steps per epoch, 2 epochs). Compiled programs go to a
+per-session persistent cache, so every run after the first skips most of the compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import _base
+from resnet_flax import create_model
+from train import loop
+from train.checkpoint import Checkpoints, load_variables
+from train.config import validate
+from train.data import DataError, load_arrays, normalize
+from train.parallel import make_mesh
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def tiny_config(check: bool = True, **overrides):
+    config = _base.get_config()
+    config.update(
+        name="tiny",
+        model="resnet20",
+        dataset="digits",
+        train_split="train[:128]",
+        eval_split="test[:80]",  # 3 eval batches of 32, the last one padded
+        image_size=16,
+        num_classes=10,
+        augment=True,
+        num_epochs=2,
+        batch_size=32,
+        eval_batch_size=32,
+        learning_rate=0.05,
+        log_every_steps=2,
+        keep_checkpoints=2,
+        keep_best=1,
+    )
+    config.update(overrides)
+    return validate(config) if check else config
+
+
+def records(workdir: Path) -> dict[tuple[str, int], dict]:
+    """metrics.jsonl, the last record per (split, step), without wall-clock fields."""
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for volatile in ("time", "images_per_sec"):
+            record.pop(volatile, None)
+        out[record["split"], record["step"]] = record
+    return out
+
+
+def final_variables(workdir: Path):
+    variables, meta, step = load_variables(workdir, make_mesh())
+    return jax.device_get(variables), meta, step
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    va, _, sa = final_variables(a)
+    vb, _, sb = final_variables(b)
+    assert sa == sb == 8
+    for (path, x), y in zip(jax.tree.leaves_with_path(va), jax.tree.leaves(vb), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    assert records(a) == records(b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, loop.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_uninterrupted_run(uninterrupted):
+    workdir, result = uninterrupted
+    assert result["step"] == 8 and not result["interrupted"]
+    lines = records(workdir)
+    assert sorted(k for k in lines if k[0] == "eval") == [("eval", 4), ("eval", 8)]
+    assert sorted(k[1] for k in lines if k[0] == "train") == [2, 4, 6, 8]
+    train = lines["train", 8]
+    assert {"loss", "accuracy", "lr", "epoch"} <= train.keys() and train["epoch"] == 2.0
+    assert result["eval"]["accuracy"] == lines["eval", 8]["accuracy"]
+    assert np.isfinite(result["eval"]["loss"])
+    # the best-by-accuracy step and the latest two are kept
+    kept = Checkpoints(workdir / "checkpoints", read_only=True).all_steps()
+    assert kept == sorted({4, 8, result["best_step"]})
+
+
+def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path):
+    """Stopped mid-epoch at step 3 by max_steps, relaunched: bitwise the uninterrupted run."""
+    stopped = loop.train_and_evaluate(tiny_config(max_steps=3), tmp_path)
+    assert stopped["step"] == 3 and stopped["interrupted"]
+    assert Checkpoints(tmp_path / "checkpoints", read_only=True).latest_step() == 3
+    resumed = loop.train_and_evaluate(tiny_config(), tmp_path)
+    assert resumed["step"] == 8 and not resumed["interrupted"]
+    assert_same_run(uninterrupted[0], tmp_path)
+
+
+def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch):
+    """SIGTERM during step 2's logging: checkpoint at step 2, exit; resuming is exact."""
+
+    class SignallingWriter(loop.MetricsWriter):
+        def write(self, split, step, epoch, **metrics):
+            record = super().write(split, step, epoch, **metrics)
+            if split == "train" and step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return record
+
+    monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
+    stopped = loop.train_and_evaluate(tiny_config(), tmp_path)
+    assert stopped["step"] == 2 and stopped["interrupted"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    monkeypatch.undo()
+    assert Checkpoints(tmp_path / "checkpoints", read_only=True).all_steps() == [2]
+    loop.train_and_evaluate(tiny_config(), tmp_path)
+    assert_same_run(uninterrupted[0], tmp_path)
+
+
+def test_nonfinite_loss_stops_without_saving(tmp_path):
+    config = tiny_config(learning_rate=1e38, checkpoint_every_steps=1, augment=False)
+    with pytest.raises(loop.TrainingDiverged, match=r"NaN/inf at step (\d+)") as error:
+        loop.train_and_evaluate(config, tmp_path)
+    bad = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+    steps = Checkpoints(tmp_path / "checkpoints", read_only=True).all_steps()
+    assert steps and max(steps) == bad - 1  # every good step saved, the bad one not
+    variables, _, _ = final_variables(tmp_path)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+    assert f"last good checkpoint is step {bad - 1}" in str(error.value)
+
+
+def test_evaluate_sees_every_example_once(uninterrupted):
+    workdir, result = uninterrupted
+    config = tiny_config()
+    metrics = loop.evaluate(config, workdir)
+    assert metrics["step"] == 8 and metrics["epoch"] == 2.0
+    assert metrics["accuracy"] == result["eval"]["accuracy"]
+    # the reference: every eval example once, on the host
+    variables, _, _ = final_variables(workdir)
+    data = load_arrays("digits", None, config.eval_split, config.image_size)
+    model = create_model("resnet20", num_classes=10)
+    x = normalize(jnp.asarray(data.images), data.mean, data.std, jnp.float32)
+    log_probs = np.asarray(jax.nn.log_softmax(model.apply(variables, x)))
+    correct = int(np.sum(log_probs.argmax(-1) == data.labels))
+    assert round(metrics["accuracy"] * len(data)) == correct and len(data) == 80
+    loss = -np.mean(log_probs[np.arange(80), data.labels])
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["split"] == "eval"
+
+
+def test_fine_tune_from_our_checkpoint_with_a_new_head(uninterrupted, tmp_path):
+    """pretrained = one of our checkpoint directories, 3 classes: backbone kept, new fc."""
+    source, _ = uninterrupted
+    config = tiny_config(
+        check=False,  # (config.validate accepts pretrained files only)
+        pretrained=str(source / "checkpoints"), freeze_backbone=True, dataset="fake",
+        num_classes=3, train_split="train[:96]", eval_split="test[:32]", max_steps=1,
+    )  # fmt: skip
+    loop.train_and_evaluate(config, tmp_path)
+    old, _, _ = final_variables(source)
+    new, _, _ = final_variables(tmp_path)
+    assert new["params"]["fc"]["kernel"].shape == (64, 3)
+    for name in ("conv1", "layer3_2"):  # frozen: exactly the pretrained values
+        pairs = (jax.tree.leaves(new["params"][name]), jax.tree.leaves(old["params"][name]))
+        for a, b in zip(*pairs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_image_size_the_model_cannot_take(tmp_path):
+    config = tiny_config(model="lenet5", image_size=64, augment=False)
+    with pytest.raises(ValueError, match="LeNet5 takes 32x32 images; got 64x64"):
+        loop.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_dir_is_the_data_error(tmp_path):
+    config = tiny_config(dataset="folder", data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere"):
+        loop.train_and_evaluate(config, tmp_path)
