@@ -1,0 +1,152 @@
+"""Checkpoints: latest-N plus best-N retention, corrupt-step fallback, 8 devices -> 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    abstract_tree,
+    load_variables,
+    resolve,
+)
+from train.parallel import make_mesh
+
+
+def small_tree(value: float) -> dict:
+    return {
+        "params": {"w": jnp.full((3, 2), value), "b": jnp.arange(2.0) + value},
+        "count": jnp.asarray(int(value), jnp.int32),
+    }
+
+
+def save_steps(directory: Path, accuracies: dict[int, float | None], **options) -> Checkpoints:
+    checkpoints = Checkpoints(directory, **options)
+    for step, accuracy in accuracies.items():
+        checkpoints.save(step, small_tree(step), {"step": step}, accuracy)
+    checkpoints.wait()
+    return checkpoints
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+    """The best (step 3) survives; the newest two survive even though they score worse."""
+    accuracies = {1: 0.5, 2: None, 3: 0.9, 4: 0.2, 5: None, 6: 0.3}
+    checkpoints = save_steps(tmp_path, accuracies, keep=2, keep_best=1)
+    assert checkpoints.all_steps() == [3, 5, 6]
+    assert checkpoints.save(6, small_tree(6), {}) is False  # already there
+    checkpoints.close()
+
+
+def test_restore_round_trip_and_meta(tmp_path):
+    checkpoints = save_steps(tmp_path, {1: None, 2: None})
+    target = abstract_tree(small_tree(0), make_mesh())
+    tree, meta, step = checkpoints.restore(target)
+    assert step == 2 and meta == {"step": 2}
+    np.testing.assert_array_equal(tree["params"]["w"], np.full((3, 2), 2.0))
+    tree, _, step = checkpoints.restore(target, step=1)
+    assert step == 1 and int(tree["count"]) == 1
+    with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
+        checkpoints.restore(target, step=7)
+    checkpoints.close()
+
+
+def corrupt(step_dir: Path) -> None:
+    """Truncate every data file of a step's state: what a crash mid-write leaves."""
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            with path.open("r+b") as file:
+                file.truncate(path.stat().st_size // 2)
+
+
+def test_corrupt_latest_falls_back_to_the_previous(tmp_path):
+    checkpoints = save_steps(tmp_path, {1: None, 2: None, 3: None}, keep=3)
+    corrupt(tmp_path / "3")
+    target = abstract_tree(small_tree(0), make_mesh())
+    with pytest.warns(UserWarning, match=rf"checkpoint {tmp_path / '3'} is unreadable"):
+        tree, _, step = checkpoints.restore(target, quarantine=True)
+    assert step == 2 and float(tree["params"]["w"][0, 0]) == 2.0
+    # set aside, so that training can save step 3 again
+    assert (tmp_path / "3.corrupt").is_dir() and checkpoints.all_steps() == [1, 2]
+    assert checkpoints.save(3, small_tree(3), {})
+    checkpoints.close()
+
+
+def test_no_readable_checkpoint_names_the_file(tmp_path):
+    checkpoints = save_steps(tmp_path, {1: None, 2: None})
+    corrupt(tmp_path / "1")
+    corrupt(tmp_path / "2")
+    target = abstract_tree(small_tree(0), make_mesh())
+    with pytest.raises(CheckpointError) as error:
+        checkpoints.restore(target)
+    message = str(error.value)
+    assert f"{tmp_path / '2'} fails" in message and str(tmp_path / "2" / "state" / "d") in message
+    checkpoints.close()
+
+
+def test_resolve_accepts_workdir_directory_and_step(tmp_path):
+    save_steps(tmp_path / "checkpoints", {5: None}).close()
+    assert resolve(tmp_path) == (tmp_path / "checkpoints", None)
+    assert resolve(tmp_path / "checkpoints") == (tmp_path / "checkpoints", None)
+    assert resolve(tmp_path / "checkpoints" / "5") == (tmp_path / "checkpoints", 5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve(tmp_path / "missing")
+
+
+def eight_device_run(workdir: str) -> None:
+    """The subprocess: 2 steps of the tiny loop config on 8 devices, params dumped."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_loop import tiny_config
+
+    from train.loop import train_and_evaluate
+
+    assert jax.device_count() == 8
+    train_and_evaluate(tiny_config(max_steps=2), workdir)
+    variables, _, step = load_variables(workdir, make_mesh())
+    assert step == 2
+    leaves = jax.tree.leaves_with_path(jax.device_get(variables))
+    np.savez(Path(workdir) / "eight.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
+
+
+def test_eight_device_checkpoint_resumes_on_one(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert jax.device_count() == 1
+    variables, _, step = load_variables(tmp_path, make_mesh())
+    assert step == 2
+    with np.load(tmp_path / "eight.npz") as saved:
+        leaves = jax.tree.leaves_with_path(jax.device_get(variables))
+        assert len(saved.files) == len(leaves)
+        for path, value in leaves:
+            np.testing.assert_array_equal(value, saved[jax.tree_util.keystr(path)])
+    # and the run goes on from there on one device
+    from test_loop import tiny_config
+
+    from train.loop import train_and_evaluate
+
+    result = train_and_evaluate(tiny_config(max_steps=4), tmp_path)
+    assert result["step"] == 4
+    assert result["train"] is not None and np.isfinite(result["train"]["loss"])
+
+
+if __name__ == "__main__":
+    eight_device_run(sys.argv[1])
