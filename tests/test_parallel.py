@@ -1,0 +1,162 @@
+"""Multi-host start-up, global batches, and two processes training as one.
+
+The two-process test launches this file twice with ``jax.distributed`` on localhost (one CPU
+device each, gloo collectives) and once as a single process with 2 simulated devices: the
+same 2-device mesh, so the runs must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from train import parallel
+from train.data import ArrayDataset, epoch_permutation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                 "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.initialize_distributed() is False and calls == []
+    assert parallel.initialize_distributed("10.0.0.1:1234", 4, 2) is True
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.9:99")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    assert parallel.initialize_distributed() is True
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # JAX's own cluster detection fills the rest
+    assert parallel.initialize_distributed() is True
+    assert calls == [("10.0.0.1:1234", 4, 2), ("10.0.0.9:99", 2, 1), (None, 2, 1)]
+
+
+def test_batch_size_must_split_over_devices(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    parallel.check_batch_size(64)
+    with pytest.raises(
+        ValueError, match=r"batch_size=12 must be a positive multiple .* \(8\); try 8"
+    ):
+        parallel.check_batch_size(12)
+
+
+def test_process_slice_is_this_process_part(monkeypatch):
+    rows = np.arange(12)
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    np.testing.assert_array_equal(parallel.process_slice(rows), [4, 5, 6, 7])
+
+
+def dataset(n: int) -> ArrayDataset:
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
+    return ArrayDataset(images, np.arange(n) % 3, 3, ["a", "b", "c"], (0.5,) * 3, (0.5,) * 3)
+
+
+def test_array_input_batches_follow_the_epoch_permutation():
+    mesh = parallel.make_mesh()
+    source = parallel.ArrayInput(mesh, dataset(10), batch_size=4, seed=3)
+    assert source.steps_per_epoch == 2  # the last partial batch of an epoch is dropped
+    batches = source.train_batches()
+    seen = [np.asarray(next(batches)["index"]) for _ in range(5)]
+    for step, index in enumerate(seen):
+        epoch, i = divmod(step, 2)
+        np.testing.assert_array_equal(index, epoch_permutation(10, 3, epoch)[i * 4 : i * 4 + 4])
+    resumed = source.train_batches(start_step=3)  # mid-epoch: the same batches again
+    for index in seen[3:]:
+        np.testing.assert_array_equal(np.asarray(next(resumed)["index"]), index)
+
+
+def test_array_input_eval_sees_every_example_once():
+    source = parallel.ArrayInput(parallel.make_mesh(), dataset(10), batch_size=4)
+    batches = [jax.device_get(b) for b in source.eval_batches()]
+    assert len(batches) == 3
+    real = np.concatenate([b["index"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(real, np.arange(10))
+    assert batches[-1]["mask"].tolist() == [True, True, False, False]
+
+
+def tiny_config(workdir_name: str):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_loop import tiny_config as loop_config
+
+    return loop_config(sync_batch_norm=True, max_steps=4, name=workdir_name)
+
+
+def worker(mode: str, workdir: str) -> None:
+    """A subprocess: one of the two distributed processes, or the 2-device reference."""
+    from train.checkpoint import load_variables
+    from train.loop import train_and_evaluate
+
+    result = train_and_evaluate(tiny_config(mode), workdir)  # initialises jax.distributed
+    assert jax.device_count() == 2 and result["step"] == 4
+    assert jax.process_count() == (2 if mode == "process" else 1)
+    variables, _, _ = load_variables(workdir, parallel.make_mesh())  # a collective
+    if jax.process_index() == 0:
+        leaves = jax.tree.leaves_with_path(jax.device_get(variables))
+        np.savez(Path(workdir) / f"{mode}.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(mode: str, workdir: Path, extra_env: dict[str, str]) -> subprocess.Popen:
+    env = os.environ | extra_env
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, __file__, mode, str(workdir)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_two_processes_train_like_one(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        launch(
+            "process",
+            tmp_path / "two",
+            {
+                "JAX_COORDINATOR_ADDRESS": address,
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    reference = launch(
+        "reference", tmp_path / "one", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    )
+    for process in [*processes, reference]:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    with (
+        np.load(tmp_path / "two" / "process.npz") as two,
+        np.load(tmp_path / "one" / "reference.npz") as one,
+    ):
+        assert sorted(two.files) == sorted(one.files) and len(one.files) > 50
+        for key in one.files:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    # process 0 alone writes metrics
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2])
