@@ -194,3 +194,24 @@ def test_missing_data_dir_is_the_data_error(tmp_path):
     config = tiny_config(dataset="folder", data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="nowhere"):
         loop.train_and_evaluate(config, tmp_path)
+
+
+def test_pretrained_torchvision_file(tmp_path):
+    """A torchvision .pth (read by resnet_flax.convert) becomes the initial variables."""
+    torch = pytest.importorskip("torch", reason="writes the torchvision checkpoint")
+    torchvision = pytest.importorskip("torchvision", reason="writes the torchvision checkpoint")
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    config = tiny_config(model="resnet18", num_classes=1000, pretrained=str(path), check=False)
+    model = create_model("resnet18", num_classes=1000)
+    fresh = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
+    )
+    variables = loop._pretrained(config, model, fresh, make_mesh())
+    weight = torch.load(path)["conv1.weight"].numpy()
+    np.testing.assert_array_equal(
+        variables["params"]["conv1"]["kernel"], weight.transpose(2, 3, 1, 0)
+    )
+    assert variables["batch_stats"]["bn1"]["var"].shape == (64,)

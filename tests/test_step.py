@@ -51,11 +51,17 @@ def blocky_images(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
 
 
+def init(model, size: int) -> dict:
+    """Initial variables, quickly: one jitted init with XLA's RngBitGenerator keys."""
+    x = jnp.zeros((1, size, size, 3))
+    return jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+
+
 def normalize(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0 - 0.5
 
 
-def small_resnet(axis_name: str | None) -> ResNet:
+def small_resnet(axis_name: str | None, dtype=jnp.float32) -> ResNet:
     """A 2-stage CIFAR-style ResNet with projection shortcuts: quick to compile.
 
     (resnet20's zero-padding shortcuts leave activations within rounding of zero on such
@@ -64,7 +70,7 @@ def small_resnet(axis_name: str | None) -> ResNet:
     """
     return ResNet(
         block=BasicBlock, stage_sizes=(1, 1), widths=(8, 16), stem="cifar", stem_width=8,
-        num_classes=10, axis_name=axis_name,
+        num_classes=10, axis_name=axis_name, dtype=dtype,
     )  # fmt: skip
 
 
@@ -72,7 +78,7 @@ def train_on(mesh, sync: bool, steps: int = STEPS):
     """``steps`` SGD steps of a small ResNet on an in-memory data set, augmentation on."""
     model = small_resnet("batch" if sync else None)
     tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    variables = init(model, SIZE)
     state = jax.device_put(
         create_train_state(model.apply, variables, tx), parallel.replicated(mesh)
     )
@@ -260,7 +266,7 @@ def test_label_smoothing_is_torch_cross_entropy():
 def test_freeze_backbone_trains_the_head_only():
     mesh = parallel.make_mesh()
     model = create_model("lenet5", num_classes=4)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = init(model, 32)
     config = optimizer_config(freeze_backbone=True)
     tx = make_optimizer(config, optax.constant_schedule(0.1), head=type(model).head)
     state = create_train_state(model.apply, variables, tx)
@@ -276,11 +282,33 @@ def test_freeze_backbone_trains_the_head_only():
         assert moved == key.startswith("['fc3']"), key
 
 
+def test_bfloat16_computes_in_bf16_with_float32_state():
+    mesh = parallel.make_mesh()
+    model = small_resnet(None, dtype=jnp.bfloat16)
+    variables = init(model, SIZE)
+    tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
+    state = jax.device_put(
+        create_train_state(model.apply, variables, tx), parallel.replicated(mesh)
+    )
+    bf16 = lambda images: normalize(images).astype(jnp.bfloat16)  # noqa: E731
+    step = make_train_step(mesh, num_classes=10, normalize=bf16, sync_batch_norm=False)
+    rng = np.random.default_rng(0)
+    batch = {"image": blocky_images(rng, 8), "label": rng.integers(0, 10, 8, dtype=np.int32)}
+    sums = parallel.replicate(mesh, train_metrics_zeros())
+    state, sums = step(state, sums, parallel.global_batch(mesh, batch), None)
+    logits = jax.eval_shape(model.apply, variables, bf16(jnp.asarray(batch["image"])))
+    assert logits.dtype == jnp.bfloat16
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))}
+    assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+    assert state.batch_stats["bn1"]["mean"].dtype == jnp.float32
+    assert np.isfinite(float(sums["loss"])) and int(sums["nonfinite_step"]) == -1
+
+
 def test_eval_step_masks_padding_and_counts_top5():
     """Masked rows count nowhere; flip TTA averages softmaxes; top-5 at >= 100 classes."""
     mesh = parallel.make_mesh()
     model = create_model("lenet5", num_classes=100)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = init(model, 32)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, 8, dtype=np.int32)
