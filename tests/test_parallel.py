@@ -42,6 +42,26 @@ def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
     assert calls == [("10.0.0.1:1234", 4, 2), ("10.0.0.9:99", 2, 1), (None, 2, 1)]
 
 
+def test_use_cpu_cores_gives_one_device_per_core_dividing_the_batch():
+    """In a fresh process: as many CPU devices as cores that divide the batch sizes."""
+    code = (
+        "import os, jax; from train import parallel; "
+        "n = parallel.use_cpu_cores(96, 64); "
+        "print(n, jax.device_count(), len(os.sched_getaffinity(0)), parallel.use_cpu_cores(8))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    count, devices, cores, again = map(int, done.stdout.split())
+    assert count == devices and 32 % count == 0 and count <= cores
+    assert count == max(d for d in (1, 2, 4, 8, 16, 32) if d <= cores)
+    assert again == 0  # the backends have started: left alone
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.split()[:2] == ["0", "3"]  # the user's choice stands
+
+
 def test_batch_size_must_split_over_devices(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     parallel.check_batch_size(64)

@@ -217,6 +217,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """
     workdir = Path(workdir)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
+    parallel.use_cpu_cores(config.batch_size, config.eval_batch_size)
     parallel.initialize_distributed()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, "batch_size")
@@ -373,7 +374,8 @@ def _check_finite(sums: dict[str, jax.Array], checkpoints: Checkpoints) -> None:
         last = checkpoints.latest_step()
         keep = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint"
         raise TrainingDiverged(
-            f"the training loss became NaN/inf at step {bad}; stopped without saving ({keep} "
+            f"the training loss or the parameters became NaN/inf at step {bad}; stopped "
+            f"without saving ({keep} "
             f"in {checkpoints.directory}). Lower learning_rate, add warmup_epochs, or use "
             f"dtype='float32'."
         )
@@ -406,6 +408,7 @@ def evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """
     workdir = Path(workdir)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    parallel.use_cpu_cores(config.eval_batch_size)
     parallel.initialize_distributed()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")

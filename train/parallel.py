@@ -9,7 +9,9 @@ the devices) and :class:`StreamInput` (grain streams) yield the global batches o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -47,15 +49,42 @@ def initialize_distributed(
         num_processes = int(env["JAX_NUM_PROCESSES"])
     if process_id is None and "JAX_PROCESS_ID" in env:
         process_id = int(env["JAX_PROCESS_ID"])
-    launched = (
-        coordinator_address is not None
-        or int(env.get("SLURM_NTASKS", "1")) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    )
-    if not launched:
+    if coordinator_address is None and not _launched_distributed():
         return False
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     return True
+
+
+def use_cpu_cores(*batch_sizes: int) -> int:
+    """Give the CPU backend one device per core (at most), before JAX starts its backends.
+
+    XLA's CPU backend spreads one device's convolution gradients poorly over cores, while
+    devices run in parallel: on 2 cores, 2 CPU devices train ResNet-20 about twice as fast.
+    The count is the largest number of cores that divides every batch size. Nothing changes
+    when the count is already set (``jax_num_cpu_devices``, ``XLA_FLAGS``), when JAX's backends
+    have started, or when several processes share the host. Accelerators are unaffected.
+    Returns the CPU device count asked for (0: left alone).
+    """
+    already = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if already or jax.config.jax_num_cpu_devices != -1 or _launched_distributed():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    common = math.gcd(*batch_sizes)
+    count = max(d for d in range(1, (cores or 1) + 1) if common % d == 0)
+    with contextlib.suppress(RuntimeError):  # the backends have started: keep what they have
+        jax.config.update("jax_num_cpu_devices", count)
+        return count
+    return 0
+
+
+def _launched_distributed() -> bool:
+    env = os.environ
+    return (
+        jax.distributed.is_initialized()
+        or "JAX_COORDINATOR_ADDRESS" in env
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
 
 
 def make_mesh() -> Mesh:

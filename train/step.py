@@ -18,7 +18,8 @@ slice; the running statistics then differ per device and are averaged with ``pme
 the step, so the state stays replicated.
 
 Metrics are sums accumulated on the devices (no host sync per step); the loop reads them
-every ``log_every_steps``. ``nonfinite_step`` records the first step whose loss was NaN/inf.
+every ``log_every_steps``. ``nonfinite_step`` records the first step whose loss or updated
+parameters were NaN/inf, so the loop never saves such a state.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def make_train_step(
 
         global_size = labels.shape[0] * jax.lax.axis_size(BATCH)
         correct = jax.lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), BATCH)
-        first_bad = (metrics["nonfinite_step"] < 0) & ~jnp.isfinite(loss)
+        finite = jnp.isfinite(loss) & _all_finite(new_state.params)
+        first_bad = (metrics["nonfinite_step"] < 0) & ~finite
         new_metrics = {
             "loss": metrics["loss"] + loss * global_size,
             "correct": metrics["correct"] + correct.astype(jnp.float32),
@@ -134,6 +136,10 @@ def make_train_step(
         out_specs=(P(), P()),
     )
     return jax.jit(sharded, donate_argnums=(0, 1))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _pmean_floats(x: jax.Array) -> jax.Array:
