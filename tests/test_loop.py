@@ -24,6 +24,7 @@ from train.checkpoint import Checkpoints, load_variables
 from train.config import validate
 from train.data import DataError, load_arrays, normalize
 from train.parallel import make_mesh
+from train.state import pretrained_variables
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -203,13 +204,12 @@ def test_pretrained_torchvision_file(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
-    config = tiny_config(model="resnet18", num_classes=1000, pretrained=str(path), check=False)
     model = create_model("resnet18", num_classes=1000)
     fresh = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype),
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
     )
-    variables = loop._pretrained(config, model, fresh, make_mesh())
+    variables = pretrained_variables(path, "resnet18", model, fresh, make_mesh())
     weight = torch.load(path)["conv1.weight"].numpy()
     np.testing.assert_array_equal(
         variables["params"]["conv1"]["kernel"], weight.transpose(2, 3, 1, 0)

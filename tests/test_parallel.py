@@ -42,24 +42,33 @@ def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
     assert calls == [("10.0.0.1:1234", 4, 2), ("10.0.0.9:99", 2, 1), (None, 2, 1)]
 
 
-def test_use_cpu_cores_gives_one_device_per_core_dividing_the_batch():
-    """In a fresh process: as many CPU devices as cores that divide the batch sizes."""
+def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> list[int]:
     code = (
-        "import os, jax; from train import parallel; "
-        "n = parallel.use_cpu_cores(96, 64); "
-        "print(n, jax.device_count(), len(os.sched_getaffinity(0)), parallel.use_cpu_cores(8))"
+        "import jax; from train import parallel; "
+        f"n = parallel.use_cpu_devices({args}); "
+        "print(n, jax.device_count(), parallel.use_cpu_devices(64))"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                          text=True, check=True)  # fmt: skip
-    count, devices, cores, again = map(int, done.stdout.split())
-    assert count == devices and 32 % count == 0 and count <= cores
-    assert count == max(d for d in (1, 2, 4, 8, 16, 32) if d <= cores)
-    assert again == 0  # the backends have started: left alone
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                          text=True, check=True)  # fmt: skip
-    assert done.stdout.split()[:2] == ["0", "3"]  # the user's choice stands
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [int(word) for word in done.stdout.split()]
+
+
+def test_use_cpu_devices_splits_the_batch_into_chunks_of_16():
+    cores = len(os.sched_getaffinity(0))
+    expected = min(8, 8 * cores)  # 128 / 16, dividing 96 too
+    assert cpu_devices_in_fresh_process("128, 96") == [expected, expected, 0]  # then: started
+    assert cpu_devices_in_fresh_process("48, 36") == [3, 3, 0]  # 12 does not divide 48/16
+    # an on-device data set too big for 3 copies in a quarter of the memory: 2 devices
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert cpu_devices_in_fresh_process(f"64, replicated_bytes={memory // 11}")[:2] == [2, 2]
+    # the user's choice stands
+    flags = "--xla_force_host_platform_device_count=3"
+    assert cpu_devices_in_fresh_process("128", flags)[:2] == [0, 3]
 
 
 def test_batch_size_must_split_over_devices(monkeypatch):

@@ -12,8 +12,10 @@ never stopped; the on-device metric sums are checkpointed too.
   at ``max_steps`` and on SIGTERM/SIGINT (saved at the next step boundary, then exit; a second
   Ctrl-C aborts at once). ``max_steps`` stops the run as an interruption would: the same
   command with a larger (or no) ``max_steps`` resumes it.
-- A non-finite loss stops training with :class:`TrainingDiverged`; the state is not saved,
-  so the last checkpoint is the last good one.
+- A NaN/inf loss or parameter stops training with :class:`TrainingDiverged`; that state is
+  never saved, so the last checkpoint is the last good one.
+- On a CPU-only host the batch is split over several CPU devices first
+  (:func:`train.parallel.use_cpu_devices`): XLA trains small per-device batches much faster.
 """
 
 from __future__ import annotations
@@ -22,49 +24,74 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 from resnet_flax import create_model
 from train import parallel
 from train.checkpoint import CheckpointError, Checkpoints, abstract_tree, load_variables, resolve
-from train.data import NORMALIZATION, augment_cifar, is_in_memory, load_arrays, normalize
+from train.data import (
+    NORMALIZATION,
+    ArrayDataset,
+    augment_cifar,
+    is_in_memory,
+    load_arrays,
+    normalize,
+)
 from train.metrics import MetricsWriter, Progress
-from train.state import TrainState, create_train_state, make_optimizer, make_schedule
+from train.state import (
+    init_variables,
+    make_optimizer,
+    make_schedule,
+    new_train_state,
+    pretrained_variables,
+)
 from train.step import eval_metrics_zeros, make_eval_step, make_train_step, train_metrics_zeros
 
-_INIT_PRNG = "rbg"  # XLA's RngBitGenerator: initialising a model compiles ~4x faster
+Input = parallel.ArrayInput | parallel.StreamInput
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite."""
+    """The loss or the parameters became NaN or infinite."""
 
 
-# ---------------------------------------------------------------------------- building blocks
+# ------------------------------------------------------------------------- data, model, eval
 
 
 def _data_dir(config: Any) -> str | None:
     return config.data_dir or None
 
 
-def _open_input(config: Any, mesh: Mesh, split: str, batch_size: int, *, train: bool):
+def _load(config: Any, split: str) -> ArrayDataset | None:
+    """A split held in memory (host numpy arrays), or None for a streamed data set."""
+    if not is_in_memory(config.dataset, config.image_size):
+        return None
+    return load_arrays(
+        config.dataset,
+        _data_dir(config),
+        split,
+        config.image_size,
+        num_classes=config.num_classes or None,
+        seed=config.seed,
+    )
+
+
+def _nbytes(*datasets: ArrayDataset | None) -> int:
+    return sum(d.images.nbytes + d.labels.nbytes for d in datasets if d is not None)
+
+
+def _input(
+    config: Any, mesh: Mesh, split: str, arrays: ArrayDataset | None, batch_size: int
+) -> Input:
     """The split as an on-device :class:`ArrayInput` or a grain :class:`StreamInput`."""
-    if is_in_memory(config.dataset, config.image_size):
-        dataset = load_arrays(
-            config.dataset,
-            _data_dir(config),
-            split,
-            config.image_size,
-            num_classes=config.num_classes or None,
-            seed=config.seed,
-        )
-        return parallel.ArrayInput(mesh, dataset, batch_size, config.seed)
+    if arrays is not None:
+        return parallel.ArrayInput(mesh, arrays, batch_size, config.seed)
     from train.data import stream_length
 
     args = dict(
@@ -79,12 +106,23 @@ def _open_input(config: Any, mesh: Mesh, split: str, batch_size: int, *, train: 
     return parallel.StreamInput(mesh, args, batch_size, size)
 
 
-def _num_classes(config: Any, train_input: Any) -> int:
+def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
+    """CPU devices, multi-process start-up, the mesh; the batch sizes checked against it."""
+    batch_sizes = (config.batch_size, config.eval_batch_size)
+    parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh()
+    for name, size in zip(("batch_size", "eval_batch_size"), batch_sizes, strict=True):
+        parallel.check_batch_size(size, name)
+    return mesh
+
+
+def _num_classes(config: Any, data: Input) -> int:
     """``config.num_classes``, or the data set's own count when it is 0."""
     if config.num_classes:
         return config.num_classes
-    if getattr(train_input, "num_classes", None):
-        return train_input.num_classes
+    if getattr(data, "num_classes", None):
+        return data.num_classes
     if config.dataset == "imagenet2012":
         return 1000
     from train.data.folder import list_folder
@@ -104,75 +142,28 @@ def _model(config: Any, num_classes: int) -> nn.Module:
     )
 
 
-def _init_variables(model: nn.Module, config: Any, mesh: Mesh) -> dict[str, Any]:
-    """Initial variables, replicated; a model that cannot take the image size fails here."""
-    shape = (1, config.image_size, config.image_size, getattr(model, "in_channels", 3))
-    key = jax.random.key(config.seed, impl=_INIT_PRNG)
-    try:
-        init = jax.jit(
-            lambda k: model.init(k, jnp.zeros(shape, jnp.float32), train=False),
-            out_shardings=parallel.replicated(mesh),
-        )
-        variables = init(key)
-    except ValueError as error:  # the model's own input checks
-        raise ValueError(
-            f"image_size={config.image_size} with model {config.model}: {error}"
-        ) from None
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-def _new_state(
-    model: nn.Module, variables: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh
-) -> TrainState:
-    build = jax.jit(
-        lambda v: create_train_state(model.apply, v, tx), out_shardings=parallel.replicated(mesh)
-    )
-    return build(variables)
-
-
-def _pretrained(config: Any, model: nn.Module, fresh: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """Variables from ``config.pretrained``: a torchvision file or one of our checkpoints.
-
-    The head keeps its fresh initialisation when its shape differs (a new class count).
-    """
-    source = Path(config.pretrained).expanduser()
-    if source.is_dir():
-        loaded, _, _ = load_variables(source, mesh)
-    else:
-        from resnet_flax.convert import load_torchvision
-
-        options = dict(config.model_options)
-        _, loaded = load_torchvision(
-            config.model, str(source), num_classes=model.num_classes, **options
-        )
-    head = type(model).head
-    params, batch_stats = dict(loaded["params"]), dict(loaded.get("batch_stats", {}))
-    if head in params and _shapes(params[head]) != _shapes(fresh["params"][head]):
-        params[head] = fresh["params"][head]
-    variables = {"params": params, "batch_stats": batch_stats}
-    if _shapes(variables) != _shapes(fresh):
-        raise ValueError(
-            f"pretrained={config.pretrained}: its variables do not fit model {config.model} "
-            f"(different architecture or model_options)."
-        )
-    return parallel.replicate(mesh, jax.device_get(variables))
-
-
-def _shapes(tree: Any) -> Any:
-    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
-
-
-def _normalizer(config: Any):
+def _normalizer(config: Any) -> Callable[[jax.Array], jax.Array]:
     """uint8 images -> the model's input: the data set's mean/std, in ``config.dtype``."""
     mean, std = NORMALIZATION[config.dataset]
     return lambda images: normalize(images, mean, std, jnp.dtype(config.dtype))
 
 
-def _run_eval(eval_step, variables, eval_input, top5: bool, mesh: Mesh) -> dict[str, float]:
-    """Loss, accuracy (and top-5) over every example of the eval split."""
+def _eval_step(config: Any, mesh: Mesh, model: nn.Module, num_classes: int) -> Callable:
+    return make_eval_step(
+        mesh,
+        model.apply,
+        num_classes=num_classes,
+        normalize=_normalizer(config),
+        flip_tta=config.flip_tta,
+    )
+
+
+def _run_eval(eval_step: Callable, variables: Any, data: Input, num_classes: int, mesh: Mesh):
+    """Loss, accuracy (and top-5 from 100 classes) over every example of the eval split."""
+    top5 = num_classes >= 100
     sums = parallel.replicate(mesh, eval_metrics_zeros(top5))
-    for batch in eval_input.eval_batches():
-        sums = eval_step(variables, sums, batch, eval_input.data)
+    for batch in data.eval_batches():
+        sums = eval_step(variables, sums, batch, data.data)
     sums = jax.device_get(sums)
     count = max(float(sums["count"]), 1.0)
     result = {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
@@ -205,8 +196,223 @@ class _StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def stop(self, step: int, every: int) -> bool:
+        """Whether to stop now; several processes agree at logging steps only."""
+        if jax.process_count() == 1:
+            return self.signal is not None
+        return step % every == 0 and parallel.any_process(self.signal is not None)
+
 
 # ------------------------------------------------------------------------------------ training
+
+
+class _Run:
+    """One training run: what is built from the config, and the loop over global steps."""
+
+    def __init__(self, config: Any, workdir: Path) -> None:
+        self.config = config
+        train_arrays, eval_arrays = (
+            _load(config, config.train_split),
+            _load(config, config.eval_split),
+        )
+        self.mesh = mesh = _start(config, train_arrays, eval_arrays)
+        self.train_data = _input(config, mesh, config.train_split, train_arrays, config.batch_size)
+        self.eval_data = _input(
+            config, mesh, config.eval_split, eval_arrays, config.eval_batch_size
+        )
+        self.steps_per_epoch = self.train_data.steps_per_epoch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={config.batch_size} is larger than the {self.train_data.size} "
+                f"examples of {config.train_split!r}: lower batch_size."
+            )
+        self.total_steps = config.num_epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
+        self.num_classes = _num_classes(config, self.train_data)
+        self.model = _model(config, self.num_classes)
+        self.schedule = make_schedule(config, self.steps_per_epoch)
+        variables = self._init_variables()  # before anything is written: the model may refuse
+        self.checkpoints = Checkpoints(
+            workdir / "checkpoints", keep=config.keep_checkpoints, keep_best=config.keep_best
+        )
+        self.state, self.sums, self.meta = self._initial_state(variables)
+        normalizer = _normalizer(config)
+        in_memory = self.train_data.data is not None
+        self.train_step = make_train_step(
+            mesh,
+            num_classes=self.num_classes,
+            normalize=normalizer,
+            augment=augment_cifar if config.augment and in_memory else None,
+            label_smoothing=config.label_smoothing,
+            sync_batch_norm=config.sync_batch_norm,
+            seed=config.seed,
+        )
+        self.eval_step = _eval_step(config, mesh, self.model, self.num_classes)
+        self.step = int(jax.device_get(self.state.step))
+        self.writer = MetricsWriter(workdir, resume_step=self.step or None)
+        self.result: dict[str, Any] = {"train": None, "eval": None}
+
+    def _init_variables(self) -> dict[str, Any]:
+        config = self.config
+        sharding = parallel.replicated(self.mesh)
+        try:
+            return init_variables(self.model, config.image_size, config.seed, sharding)
+        except ValueError as error:  # the model's own input checks
+            raise ValueError(
+                f"image_size={config.image_size} with model {config.model}: {error}"
+            ) from None
+
+    def _initial_state(self, variables: dict[str, Any]):
+        """The latest checkpoint's state, else a fresh (or pretrained) one."""
+        config, mesh, replicated = self.config, self.mesh, parallel.replicated(self.mesh)
+        tx = make_optimizer(config, self.schedule, head=getattr(type(self.model), "head", None))
+        state = new_train_state(self.model, variables, tx, replicated)
+        sums = parallel.replicate(mesh, train_metrics_zeros())
+        meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
+        if self.checkpoints.latest_step() is not None:
+            target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
+            restored, meta, _ = self.checkpoints.restore(target, quarantine=True)
+            self._check_resume(meta)
+            return restored["train_state"], restored["metrics"], meta
+        if config.pretrained:
+            loaded = pretrained_variables(
+                config.pretrained,
+                config.model,
+                self.model,
+                jax.device_get(variables),
+                mesh,
+                **config.model_options,
+            )
+            state = new_train_state(self.model, parallel.replicate(mesh, loaded), tx, replicated)
+        return state, sums, meta
+
+    def _check_resume(self, meta: dict[str, Any]) -> None:
+        """A checkpoint's data position only means the same with the same batches."""
+        config = self.config
+        if meta.get("batch_size", config.batch_size) != config.batch_size:
+            raise CheckpointError(
+                f"the checkpoint in this workdir was trained with batch_size="
+                f"{meta['batch_size']}; resume with that batch size, or use a new workdir."
+            )
+        if meta.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+            raise CheckpointError(
+                f"the checkpoint in this workdir had {meta['steps_per_epoch']} steps per epoch, "
+                f"this config has {self.steps_per_epoch}: the training split differs. Use a "
+                f"new workdir."
+            )
+
+    def train(self) -> dict[str, Any]:
+        config, interrupted = self.config, False
+        progress = Progress(
+            self.stop_step, self.step, config.name or config.model, config.log_every_steps
+        )
+        self._window = (time.perf_counter(), self.step)  # throughput: (start, first step)
+        batches = self.train_data.train_batches(self.step)
+        try:
+            with _StopRequest() as stop_request:
+                while self.step < self.stop_step:
+                    self.state, self.sums = self.train_step(
+                        self.state, self.sums, next(batches), self.train_data.data
+                    )
+                    self.step += 1
+                    logged = self._log() if self._log_due() else {}
+                    progress.update(self.step, **logged)
+                    accuracy = self._evaluate() if self._eval_due() else None
+                    stopping = stop_request.stop(self.step, config.log_every_steps)
+                    if accuracy is not None or stopping or self._checkpoint_due():
+                        self._save(accuracy)
+                    if stopping:
+                        interrupted = True
+                        break
+        finally:
+            self.checkpoints.wait()
+            self.checkpoints.close()
+            progress.close()
+            self.writer.close()
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "interrupted": interrupted or self.step < self.total_steps,
+            "best_accuracy": self.meta["best_accuracy"],
+            "best_step": self.meta["best_step"],
+            **self.result,
+        }
+
+    def _epoch_end(self) -> bool:
+        return self.step % self.steps_per_epoch == 0
+
+    def _log_due(self) -> bool:
+        return self.step % self.config.log_every_steps == 0 or self.step == self.total_steps
+
+    def _eval_due(self) -> bool:
+        every = self.config.eval_every_epochs * self.steps_per_epoch
+        return self._epoch_end() and (self.step % every == 0 or self.step == self.total_steps)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every_steps
+        due = self.step % every == 0 if every else self._epoch_end()
+        return due or self.step == self.stop_step
+
+    def _log(self) -> dict[str, float]:
+        """Write the ``train`` line of the window that ends now; start the next window."""
+        self._check_finite()
+        sums = jax.device_get(self.sums)
+        start, first = self._window
+        count = max(float(sums["count"]), 1.0)
+        line = {
+            "loss": float(sums["loss"]) / count,
+            "accuracy": float(sums["correct"]) / count,
+            "lr": float(self.schedule(self.step - 1)),
+            "images_per_sec": (self.step - first)
+            * self.config.batch_size
+            / max(time.perf_counter() - start, 1e-9),
+        }
+        self.sums = parallel.replicate(self.mesh, train_metrics_zeros())
+        self._window = (time.perf_counter(), self.step)
+        self.result["train"] = line
+        self.writer.write("train", self.step, self.step / self.steps_per_epoch, **line)
+        return line
+
+    def _evaluate(self) -> float:
+        """Evaluate, write the ``eval`` line, track the best; returns the accuracy."""
+        jax.block_until_ready(self.state)  # the train steps in flight are training time
+        start = time.perf_counter()
+        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        metrics = _run_eval(self.eval_step, variables, self.eval_data, self.num_classes, self.mesh)
+        self.result["eval"] = metrics
+        self.writer.write("eval", self.step, self.step / self.steps_per_epoch, **metrics)
+        if self.meta["best_accuracy"] is None or metrics["accuracy"] > self.meta["best_accuracy"]:
+            self.meta.update(best_accuracy=metrics["accuracy"], best_step=self.step)
+        window_start, first = self._window
+        self._window = (window_start + time.perf_counter() - start, first)  # not training time
+        return metrics["accuracy"]
+
+    def _save(self, accuracy: float | None) -> None:
+        """An asynchronous checkpoint of this step (never of a NaN/inf state)."""
+        self._check_finite()
+        self.meta.update(
+            step=self.step,
+            epoch=self.step / self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.config.batch_size,
+            config=self.config.name,
+            model=self.config.model,
+        )
+        tree = {"train_state": self.state, "metrics": self.sums}
+        self.checkpoints.save(self.step, tree, dict(self.meta), accuracy)
+
+    def _check_finite(self) -> None:
+        bad = int(jax.device_get(self.sums["nonfinite_step"]))
+        if bad < 0:
+            return
+        self.checkpoints.wait()
+        last = self.checkpoints.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint"
+        raise TrainingDiverged(
+            f"the training loss or the parameters became NaN/inf at step {bad}; stopped "
+            f"without saving ({kept} in {self.checkpoints.directory}). Lower learning_rate, "
+            f"add warmup_epochs, or use dtype='float32'."
+        )
 
 
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
@@ -215,186 +421,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     Returns ``{"step", "epoch", "interrupted", "train", "eval", "best_accuracy", "best_step"}``;
     ``interrupted`` is True when a signal or ``max_steps`` stopped training before the end.
     """
-    workdir = Path(workdir)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
-    parallel.use_cpu_cores(config.batch_size, config.eval_batch_size)
-    parallel.initialize_distributed()
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, "batch_size")
-    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-
-    train_input = _open_input(config, mesh, config.train_split, config.batch_size, train=True)
-    eval_input = _open_input(config, mesh, config.eval_split, config.eval_batch_size, train=False)
-    steps_per_epoch = train_input.steps_per_epoch
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"batch_size={config.batch_size} is larger than the {train_input.size} examples of "
-            f"{config.train_split!r}: lower batch_size."
-        )
-    total_steps = config.num_epochs * steps_per_epoch
-    stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
-    num_classes = _num_classes(config, train_input)
-
-    model = _model(config, num_classes)
-    schedule = make_schedule(config, steps_per_epoch)
-    tx = make_optimizer(config, schedule, head=getattr(type(model), "head", None))
-    variables = _init_variables(model, config, mesh)
-    state = _new_state(model, variables, tx, mesh)
-    sums = parallel.replicate(mesh, train_metrics_zeros())
-
-    checkpoints = Checkpoints(
-        workdir / "checkpoints", keep=config.keep_checkpoints, keep_best=config.keep_best
-    )
-    meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
-    if checkpoints.latest_step() is not None:
-        target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
-        restored, meta, _ = checkpoints.restore(target, quarantine=True)
-        _check_resume(meta, config, steps_per_epoch)
-        state, sums = restored["train_state"], restored["metrics"]
-    elif config.pretrained:
-        state = _new_state(model, _pretrained(config, model, variables, mesh), tx, mesh)
-    del variables
-
-    normalizer = _normalizer(config)
-    train_step = make_train_step(
-        mesh,
-        num_classes=num_classes,
-        normalize=normalizer,
-        augment=augment_cifar if config.augment and train_input.data is not None else None,
-        label_smoothing=config.label_smoothing,
-        sync_batch_norm=config.sync_batch_norm,
-        seed=config.seed,
-    )
-    eval_step = make_eval_step(
-        mesh, model.apply, num_classes=num_classes, normalize=normalizer, flip_tta=config.flip_tta
-    )
-    top5 = num_classes >= 100
-
-    step = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, resume_step=step or None)
-    progress = Progress(
-        stop_step, step, config.name or config.model, log_every_steps=config.log_every_steps
-    )
-    result: dict[str, Any] = {"train": None, "eval": None}
-    interrupted = False
-    window_start, window_step = time.perf_counter(), step
-    batches = train_input.train_batches(step)
-
-    def save(at: int, accuracy: float | None = None) -> None:
-        _check_finite(sums, checkpoints)
-        meta.update(
-            step=at,
-            epoch=at / steps_per_epoch,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=config.batch_size,
-            config=config.name,
-            model=config.model,
-        )
-        checkpoints.save(at, {"train_state": state, "metrics": sums}, dict(meta), accuracy)
-
-    try:
-        with _StopRequest() as stop_request:
-            while step < stop_step:
-                state, sums = train_step(state, sums, next(batches), train_input.data)
-                step += 1
-                epoch, epoch_end = step / steps_per_epoch, step % steps_per_epoch == 0
-                log_now = step % config.log_every_steps == 0 or step == total_steps
-                if log_now:
-                    line = _train_line(sums, checkpoints, schedule, step, window_start)
-                    sums = parallel.replicate(mesh, train_metrics_zeros())
-                    line["images_per_sec"] = (
-                        (step - window_step) * config.batch_size / line.pop("seconds")
-                    )
-                    result["train"] = line
-                    writer.write("train", step, epoch, **line)
-                    window_start, window_step = time.perf_counter(), step
-                progress.update(step, **(result["train"] if log_now else {}))
-
-                accuracy = None
-                every_eval = config.eval_every_epochs * steps_per_epoch
-                if epoch_end and (step % every_eval == 0 or step == total_steps):
-                    variables = {"params": state.params, "batch_stats": state.batch_stats}
-                    result["eval"] = _run_eval(eval_step, variables, eval_input, top5, mesh)
-                    accuracy = result["eval"]["accuracy"]
-                    writer.write("eval", step, epoch, **result["eval"])
-                    if meta["best_accuracy"] is None or accuracy > meta["best_accuracy"]:
-                        meta.update(best_accuracy=accuracy, best_step=step)
-                    window_start = time.perf_counter()  # eval time is not training throughput
-
-                stopping = _stop_requested(stop_request, step, config.log_every_steps)
-                every = config.checkpoint_every_steps
-                due = (step % every == 0) if every else epoch_end
-                if due or accuracy is not None or stopping or step == stop_step:
-                    save(step, accuracy)
-                if stopping:
-                    interrupted = True
-                    break
-            interrupted = interrupted or step < total_steps
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
-        progress.close()
-        writer.close()
-    return {
-        "step": step,
-        "epoch": step / steps_per_epoch,
-        "interrupted": interrupted,
-        "best_accuracy": meta["best_accuracy"],
-        "best_step": meta["best_step"],
-        **result,
-    }
-
-
-def _check_resume(meta: dict[str, Any], config: Any, steps_per_epoch: int) -> None:
-    """A checkpoint's data position only means the same thing with the same batch size."""
-    if meta.get("batch_size", config.batch_size) != config.batch_size:
-        raise CheckpointError(
-            f"the checkpoint in this workdir was trained with batch_size={meta['batch_size']}; "
-            f"resume with that batch size, or use a new workdir for batch_size="
-            f"{config.batch_size}."
-        )
-    if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-        raise CheckpointError(
-            f"the checkpoint in this workdir had {meta['steps_per_epoch']} steps per epoch, "
-            f"this config has {steps_per_epoch}: the training split differs. Use a new workdir."
-        )
-
-
-def _stop_requested(stop_request: _StopRequest, step: int, every: int) -> bool:
-    """Whether to stop now; with several processes they agree at logging steps only."""
-    if jax.process_count() == 1:
-        return stop_request.signal is not None
-    return step % every == 0 and parallel.any_process(stop_request.signal is not None)
-
-
-def _check_finite(sums: dict[str, jax.Array], checkpoints: Checkpoints) -> None:
-    bad = int(jax.device_get(sums["nonfinite_step"]))
-    if bad >= 0:
-        checkpoints.wait()
-        last = checkpoints.latest_step()
-        keep = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint"
-        raise TrainingDiverged(
-            f"the training loss or the parameters became NaN/inf at step {bad}; stopped "
-            f"without saving ({keep} "
-            f"in {checkpoints.directory}). Lower learning_rate, add warmup_epochs, or use "
-            f"dtype='float32'."
-        )
-
-
-def _train_line(
-    sums: dict[str, jax.Array], checkpoints: Checkpoints, schedule, step: int, start: float
-) -> dict[str, float]:
-    """The ``train`` line of the logging window that ends at ``step``."""
-    _check_finite(sums, checkpoints)
-    host = jax.device_get(sums)
-    count = max(float(host["count"]), 1.0)
-    line = {
-        "loss": float(host["loss"]) / count,
-        "accuracy": float(host["correct"]) / count,
-        "lr": float(schedule(step - 1)),
-        "seconds": max(time.perf_counter() - start, 1e-9),
-    }
-    return line
+    return _Run(config, Path(workdir)).train()
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -408,39 +436,34 @@ def evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """
     workdir = Path(workdir)
     logging.getLogger("absl").setLevel(logging.ERROR)
-    parallel.use_cpu_cores(config.eval_batch_size)
-    parallel.initialize_distributed()
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-    source = config.checkpoint or workdir
     if not config.checkpoint and not (workdir / "checkpoints").is_dir():
         raise CheckpointError(
             f"no checkpoint in {workdir / 'checkpoints'}: train first, or set "
             f"--config.checkpoint=/path/to/checkpoints."
         )
+    source = config.checkpoint or workdir
     directory, _ = resolve(source)
+    eval_arrays = _load(config, config.eval_split)
+    mesh = _start(config, eval_arrays)
     variables, meta, step = load_variables(source, mesh)
-    eval_input = _open_input(config, mesh, config.eval_split, config.eval_batch_size, train=False)
-    num_classes = _num_classes(config, eval_input)
+    eval_data = _input(config, mesh, config.eval_split, eval_arrays, config.eval_batch_size)
+    num_classes = _num_classes(config, eval_data)
     model = _model(config, num_classes)
-    fresh = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0, impl=_INIT_PRNG),
-            jnp.zeros((1, config.image_size, config.image_size, 3)),
-        )
-    )
+    x = jnp.zeros((1, config.image_size, config.image_size, 3))
+    fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     expected = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
     if _shapes(variables) != _shapes(expected):
         raise CheckpointError(
             f"the checkpoint in {directory} does not fit model {config.model} with "
             f"num_classes={num_classes}: evaluate with the config it was trained with."
         )
-    eval_step = make_eval_step(
-        mesh, model.apply, num_classes=num_classes, normalize=_normalizer(config),
-        flip_tta=config.flip_tta,
-    )  # fmt: skip
-    metrics = _run_eval(eval_step, variables, eval_input, num_classes >= 100, mesh)
+    eval_step = _eval_step(config, mesh, model, num_classes)
+    metrics = _run_eval(eval_step, variables, eval_data, num_classes, mesh)
     epoch = step / meta["steps_per_epoch"] if meta.get("steps_per_epoch") else 0.0
     with MetricsWriter(workdir) as writer:
         writer.write("eval", step, epoch, **metrics)
     return {"step": step, "epoch": epoch, **metrics}
+
+
+def _shapes(tree: Any) -> Any:
+    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)

@@ -55,22 +55,34 @@ def initialize_distributed(
     return True
 
 
-def use_cpu_cores(*batch_sizes: int) -> int:
-    """Give the CPU backend one device per core (at most), before JAX starts its backends.
+CPU_BATCH_PER_DEVICE = 16  # where XLA's CPU weight-gradient convolutions are efficient
 
-    XLA's CPU backend spreads one device's convolution gradients poorly over cores, while
-    devices run in parallel: on 2 cores, 2 CPU devices train ResNet-20 about twice as fast.
-    The count is the largest number of cores that divides every batch size. Nothing changes
-    when the count is already set (``jax_num_cpu_devices``, ``XLA_FLAGS``), when JAX's backends
-    have started, or when several processes share the host. Accelerators are unaffected.
-    Returns the CPU device count asked for (0: left alone).
+
+def use_cpu_devices(batch_size: int, *other_batch_sizes: int, replicated_bytes: int = 0) -> int:
+    """Split the CPU backend into several devices before JAX starts its backends.
+
+    XLA's CPU weight-gradient convolution costs ~6x more per image at batch 128 than at
+    batch 16, and devices run concurrently: ResNet-20 trains ~2.6x faster on 8 CPU devices
+    of 16 images each than on 1 device of 128 (2 cores). The count is the largest that
+    divides every batch size, leaves ``CPU_BATCH_PER_DEVICE`` or more training images per
+    device, is at most 8 per core, and fits that many copies of ``replicated_bytes`` (an
+    on-device data set) in a quarter of the memory. Nothing changes when the count is set
+    already (``jax_num_cpu_devices``, ``XLA_FLAGS``), when the backends have started, or when
+    several processes share the host. Accelerators are unaffected.
+    Returns the CPU device count set (0: left alone).
     """
-    already = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    if already or jax.config.jax_num_cpu_devices != -1 or _launched_distributed():
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags or jax.config.jax_num_cpu_devices != -1:
+        return 0
+    if _launched_distributed():
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    common = math.gcd(*batch_sizes)
-    count = max(d for d in range(1, (cores or 1) + 1) if common % d == 0)
+    limit = min(8 * (cores or 1), max(batch_size // CPU_BATCH_PER_DEVICE, 1))
+    if replicated_bytes:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limit = min(limit, max(memory // 4 // replicated_bytes, 1))
+    common = math.gcd(batch_size, *other_batch_sizes)
+    count = max(d for d in range(1, limit + 1) if common % d == 0)
     with contextlib.suppress(RuntimeError):  # the backends have started: keep what they have
         jax.config.update("jax_num_cpu_devices", count)
         return count
