@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -141,6 +142,8 @@ class Checkpoints:
         if jax.process_index() == 0:
             source = self.directory / str(step)
             source.rename(source.with_name(f"{step}.corrupt"))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self._manager.reload()
 
     def wait(self) -> None:

@@ -5,6 +5,7 @@ contiguous part of the global batch (``process_slice``) and ``global_batch`` ass
 global array with ``jax.make_array_from_process_local_data``; replicated values (the train
 state, an on-device data set) use ``replicate``. :class:`ArrayInput` (small data sets, on
 the devices) and :class:`StreamInput` (grain streams) yield the global batches of a split.
+On a CPU-only host, :func:`use_cpu_devices` first splits the CPU into several devices.
 """
 
 from __future__ import annotations
