@@ -14,8 +14,9 @@ never stopped; the on-device metric sums are checkpointed too.
   command with a larger (or no) ``max_steps`` resumes it.
 - A NaN/inf loss or parameter stops training with :class:`TrainingDiverged`; that state is
   never saved, so the last checkpoint is the last good one.
-- On a CPU-only host the batch is split over several CPU devices first
-  (:func:`train.parallel.use_cpu_devices`): XLA trains small per-device batches much faster.
+- With ``split_cpu_devices`` (opt-in), a CPU-only host first splits the batch over several
+  CPU devices (:func:`train.parallel.use_cpu_devices`): XLA trains small per-device batches
+  much faster, but its in-process collectives can time out on an oversubscribed machine.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _input(
 def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
     """CPU devices, multi-process start-up, the mesh; the batch sizes checked against it."""
     batch_sizes = (config.batch_size, config.eval_batch_size)
-    parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
+    if config.split_cpu_devices:
+        parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
     parallel.initialize_distributed()
     mesh = parallel.make_mesh()
     for name, size in zip(("batch_size", "eval_batch_size"), batch_sizes, strict=True):
@@ -271,8 +273,9 @@ class _Run:
         meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
         if self.checkpoints.latest_step() is not None:
             target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
-            restored, meta, _ = self.checkpoints.restore(target, quarantine=True)
+            restored, meta, step = self.checkpoints.restore(target, quarantine=True)
             self._check_resume(meta)
+            _say(f"resuming from step {step} of {self.total_steps} ({self.checkpoints.directory})")
             return restored["train_state"], restored["metrics"], meta
         if config.pretrained:
             loaded = pretrained_variables(
@@ -303,6 +306,8 @@ class _Run:
 
     def train(self) -> dict[str, Any]:
         config, interrupted = self.config, False
+        if self.step >= self.stop_step:
+            _say(f"already at step {self.step}: nothing to train (raise max_steps or num_epochs)")
         progress = Progress(
             self.stop_step, self.step, config.name or config.model, config.log_every_steps
         )
@@ -413,6 +418,11 @@ class _Run:
             f"without saving ({kept} in {self.checkpoints.directory}). Lower learning_rate, "
             f"add warmup_epochs, or use dtype='float32'."
         )
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
