@@ -46,7 +46,8 @@ def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> lis
     code = (
         "import jax; from train import parallel; "
         f"n = parallel.use_cpu_devices({args}); "
-        "print(n, jax.device_count(), parallel.use_cpu_devices(64))"
+        "print(n, jax.device_count(), parallel.use_cpu_devices(64)); "
+        "import os; print(os.environ.get('XLA_FLAGS'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if xla_flags:
@@ -55,7 +56,10 @@ def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> lis
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return [int(word) for word in done.stdout.split()]
+    counts, flags = done.stdout.splitlines()
+    timeout = "--xla_cpu_collective_call_terminate_timeout_seconds=3600"
+    assert (timeout in flags) == (int(counts.split()[0]) > 1)  # raised when split
+    return [int(word) for word in counts.split()]
 
 
 def test_use_cpu_devices_splits_the_batch_into_chunks_of_16():

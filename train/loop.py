@@ -16,7 +16,8 @@ never stopped; the on-device metric sums are checkpointed too.
   never saved, so the last checkpoint is the last good one.
 - With ``split_cpu_devices`` (opt-in), a CPU-only host first splits the batch over several
   CPU devices (:func:`train.parallel.use_cpu_devices`): XLA trains small per-device batches
-  much faster, but its in-process collectives can time out on an oversubscribed machine.
+  much faster (XLA's CPU collective timeouts are raised then: an oversubscribed machine can
+  leave a device 40 s late at a rendezvous, which aborts the run by default).
 """
 
 from __future__ import annotations

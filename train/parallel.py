@@ -57,6 +57,12 @@ def initialize_distributed(
 
 
 CPU_BATCH_PER_DEVICE = 16  # where XLA's CPU weight-gradient convolutions are efficient
+# CPU collectives abort when a device is 40 s late at a rendezvous, which an oversubscribed
+# machine can cause: wait (and warn) much longer before giving up.
+CPU_COLLECTIVE_FLAGS = {
+    "xla_cpu_collective_call_warn_stuck_timeout_seconds": 120,
+    "xla_cpu_collective_call_terminate_timeout_seconds": 3600,
+}
 
 
 def use_cpu_devices(batch_size: int, *other_batch_sizes: int, replicated_bytes: int = 0) -> int:
@@ -69,7 +75,8 @@ def use_cpu_devices(batch_size: int, *other_batch_sizes: int, replicated_bytes: 
     device, is at most 8 per core, and fits that many copies of ``replicated_bytes`` (an
     on-device data set) in a quarter of the memory. Nothing changes when the count is set
     already (``jax_num_cpu_devices``, ``XLA_FLAGS``), when the backends have started, or when
-    several processes share the host. Accelerators are unaffected.
+    several processes share the host. Accelerators are unaffected. With more than one device,
+    the CPU collective timeouts are raised (``CPU_COLLECTIVE_FLAGS``) unless XLA_FLAGS sets them.
     Returns the CPU device count set (0: left alone).
     """
     flags = os.environ.get("XLA_FLAGS", "")
@@ -86,6 +93,9 @@ def use_cpu_devices(batch_size: int, *other_batch_sizes: int, replicated_bytes: 
     count = max(d for d in range(1, limit + 1) if common % d == 0)
     with contextlib.suppress(RuntimeError):  # the backends have started: keep what they have
         jax.config.update("jax_num_cpu_devices", count)
+        if count > 1:  # read when the backends start
+            extra = [f"--{k}={v}" for k, v in CPU_COLLECTIVE_FLAGS.items() if k not in flags]
+            os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
         return count
     return 0
 
