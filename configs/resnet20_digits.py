@@ -28,4 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0
     config.lr_schedule = "cosine"
     config.log_every_steps = 10
+    # ~2x faster on a CPU-only machine (8 XLA CPU devices of 16 images): 104 s instead of 189 s
+    # on 2 cores, which the 2-minute target needs. See split_cpu_devices in configs/_base.py.
+    config.split_cpu_devices = True
     return config
