@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 32
     config.num_classes = 10
     config.augment = True  # CIFAR-size: pad-4 crop + flip; larger: random-resized crop + flip
-    config.flip_tta = False  # evaluation also averages the logits of the mirrored image
+    config.flip_tta = False  # evaluation averages the softmax of the image and its mirror
     config.num_workers = 0  # data-loading processes for streamed data sets (0 = in process)
 
     # Optimisation. batch_size is global (all devices); the schedule counts in epochs.
