@@ -69,10 +69,20 @@ def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
+def _probe_input(model: nn.Module) -> jax.Array:
+    """A 32x32 batch of one: every registered model takes it, and shapes don't depend on it."""
+    return jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
+
+
 def abstract_variables(model: nn.Module) -> Variables:
     """The variables' shapes and dtypes, without computing anything."""
-    x = jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
+    x = _probe_input(model)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters (``params`` only, as torch's ``parameters()``)."""
+    return sum(a.size for a in jax.tree.leaves(abstract_variables(model)["params"]))
 
 
 def load_torchvision(
@@ -107,7 +117,7 @@ def load_torchvision(
     expected = traverse_util.flatten_dict(abstract_variables(model))
     fresh = None
     if new_head:
-        x = jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
+        x = _probe_input(model)
         fresh = traverse_util.flatten_dict(
             jax.jit(lambda: model.init(jax.random.key(seed), x, train=False))()
         )

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-import jax
-
 import resnet_flax
-from resnet_flax.convert import abstract_variables
+from resnet_flax.convert import count_parameters
 from resnet_flax.weights import weights_for
 
 
@@ -24,8 +22,7 @@ def main(report_path: str | None) -> None:
     print("| model | parameters | torchvision top-1 (V1 / V2) | parity: worst relative error |")
     print("|---|---:|---|---:|")
     for name in resnet_flax.list_models():
-        variables = abstract_variables(resnet_flax.create_model(name))
-        params = sum(a.size for a in jax.tree.leaves(variables["params"]))
+        params = count_parameters(resnet_flax.create_model(name))
         top1 = " / ".join(f"{w.top1:.3f}" for w in weights_for(name) if w.top1 is not None)
         worst = max(report[name].values()) if name in report else None
         if worst is not None:

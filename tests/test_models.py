@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.convert import abstract_variables
+from resnet_flax.convert import count_parameters
 from resnet_flax.layers import BatchNorm, adaptive_avg_pool
 
 
 def n_params(name: str, **options) -> int:
-    variables = abstract_variables(resnet_flax.create_model(name, **options))
-    return sum(a.size for a in jax.tree.leaves(variables["params"]))
+    return count_parameters(resnet_flax.create_model(name, **options))
 
 
 @pytest.mark.parametrize(

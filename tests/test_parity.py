@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.convert import export_torchvision, load_torchvision
+from resnet_flax.convert import count_parameters, export_torchvision, load_torchvision
 
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[torch]'")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
@@ -151,12 +151,7 @@ def test_torchvision_parity(name: str) -> None:
 
 @pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
 def test_parameter_count(name: str) -> None:
-    from resnet_flax.convert import abstract_variables
-
-    ours = sum(
-        a.size
-        for a in jax.tree.leaves(abstract_variables(resnet_flax.create_model(name))["params"])
-    )
+    ours = count_parameters(resnet_flax.create_model(name))
     with torch.device("meta"):
         theirs = sum(
             p.numel() for p in torchvision.models.get_model(name, weights=None).parameters()
