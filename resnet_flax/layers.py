@@ -6,8 +6,9 @@ Every convolution in the package is made by :func:`conv` and every normalisation
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+NormImpl = Literal["auto", "plain", "matvec"]
 
 # torchvision's initialisers, so that a Flax-initialised model is distributed like torchvision's.
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -77,6 +79,12 @@ class BatchNorm(nn.Module):
     - ``axis_name``: inside ``shard_map``/``pmap``, the statistics are taken over the whole
       global batch (synchronised BatchNorm); ``None`` keeps them per device.
     - Statistics are computed in float32 whatever ``dtype`` the activations have.
+    - ``impl`` picks how training-mode statistics and their gradients are computed; both give
+      the same numbers to float32 round-off. ``"plain"`` is the textbook formulation left to
+      autodiff. ``"matvec"`` is a custom VJP whose channel sums (two forward, two backward)
+      are matrix-vector products: XLA:CPU lowers large reductions to slow reduce-window
+      trees, while a GEMV streams the activations once. ``"auto"`` takes ``"matvec"`` on the
+      CPU and ``"plain"`` elsewhere.
     """
 
     epsilon: float = 1e-5
@@ -84,6 +92,7 @@ class BatchNorm(nn.Module):
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
+    impl: NormImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -95,31 +104,118 @@ class BatchNorm(nn.Module):
         count = self.variable(
             "batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32)
         )
+        if not train:
+            return _affine(x, scale, bias, ra_mean.value, ra_var.value, self.epsilon, self.dtype)
 
-        axes = tuple(range(x.ndim - 1))
-        if train:
-            x32 = x.astype(jnp.float32)
-            n = math.prod(x.shape[:-1])
-            mean = jnp.mean(x32, axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
-                n = n * jax.lax.axis_size(self.axis_name)
-            # Two-pass variance: E[(x - mean)^2], as precise as torch's.
-            var = jnp.mean(jnp.square(x32 - mean), axes)
-            if self.axis_name is not None:
-                var = jax.lax.pmean(var, self.axis_name)
-            if not self.is_initializing():
-                unbiased = var * (n / max(n - 1, 1))  # torch's running_var convention
-                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
-                count.value = count.value + 1
+        if _resolve(self.impl) == "matvec":
+            scale, bias = _vary_like(x, scale), _vary_like(x, bias)
+            train_fn = _batch_norm_matvec
         else:
-            mean, var = ra_mean.value, ra_var.value
+            train_fn = _batch_norm_plain
+        y, mean, var = train_fn(x, scale, bias, self.epsilon, self.axis_name, self.dtype)
+        if not self.is_initializing():
+            n = math.prod(x.shape[:-1]) * _axis_size(self.axis_name)
+            unbiased = var * (n / max(n - 1, 1))  # torch's running_var convention
+            ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+            ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+            count.value = count.value + 1
+        return y
 
-        # y = (x - mean) * (scale / sqrt(var + eps)) + bias, folded into one multiply-add.
-        mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        add = bias - mean * mul
-        return (x * mul.astype(self.dtype) + add.astype(self.dtype)).astype(self.dtype)
+
+def _resolve(impl: NormImpl) -> str:
+    if impl not in ("auto", "plain", "matvec"):
+        raise ValueError(f"BatchNorm impl must be 'auto', 'plain' or 'matvec', not {impl!r}")
+    if impl == "auto":
+        return "matvec" if jax.default_backend() == "cpu" else "plain"
+    return impl
+
+
+def _vary_like(x: jax.Array, p: jax.Array) -> jax.Array:
+    """``p`` marked as varying over the manual mesh axes ``x`` varies over (inside
+    ``shard_map``), so a custom VJP may return a per-device gradient for it; the transpose of
+    this cast then sums those over the devices, as autodiff does for the plain version."""
+    varying = _varying(x) - _varying(p)
+    return jax.lax.pcast(p, tuple(sorted(varying)), to="varying") if varying else p
+
+
+def _varying(x: jax.Array) -> frozenset:
+    manual = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(manual, "varying", ()))
+
+
+def _axis_size(axis_name: str | None) -> int:
+    return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+
+def _affine(x, scale, bias, mean, var, epsilon, dtype):
+    """``(x - mean) * scale / sqrt(var + eps) + bias``, folded into one multiply-add."""
+    mul = scale * jax.lax.rsqrt(var + epsilon)
+    add = bias - mean * mul
+    return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
+
+
+def _batch_norm_plain(x, scale, bias, epsilon, axis_name, dtype):
+    """Training-mode BatchNorm as written in the textbook; autodiff takes the gradient."""
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axes)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    # Two-pass variance: E[(x - mean)^2], as precise as torch's.
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    return _affine(x, scale, bias, mean, var, epsilon, dtype), mean, var
+
+
+def _channel_sums(x: jax.Array) -> jax.Array:
+    """Sum over every axis but the last, as the matrix-vector product ``ones @ x``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    ones = jnp.ones((x2.shape[0],), x2.dtype)
+    return jnp.dot(ones, x2, precision=jax.lax.Precision.HIGHEST)
+
+
+def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm_matvec(x, scale, bias, epsilon, axis_name, dtype):
+    """Training-mode BatchNorm with matrix-vector channel sums and a hand-written VJP."""
+    return _batch_norm_matvec_fwd(x, scale, bias, epsilon, axis_name, dtype)[0]
+
+
+def _batch_norm_matvec_fwd(x, scale, bias, epsilon, axis_name, dtype):
+    n = math.prod(x.shape[:-1]) * _axis_size(axis_name)
+    x32 = x.astype(jnp.float32)
+    mean = _psum(_channel_sums(x32), axis_name) / n
+    var = _psum(_channel_sums(jnp.square(x32 - mean)), axis_name) / n  # two-pass, as torch
+    y = _affine(x, scale, bias, mean, var, epsilon, dtype)
+    return (y, mean, var), (x, scale, mean, var)
+
+
+def _batch_norm_matvec_bwd(epsilon, axis_name, dtype, residuals, cotangents):
+    """The BatchNorm gradient; ``dmean``/``dvar`` are the cotangents of the returned stats.
+
+    ``dscale``/``dbias`` are this device's part (see :func:`_vary_like`); ``dx`` needs the
+    sums over the whole batch.
+    """
+    x, scale, mean, var = residuals
+    dy, dmean, dvar = cotangents
+    n = math.prod(x.shape[:-1]) * _axis_size(axis_name)
+    inv = jax.lax.rsqrt(var + epsilon)
+    centred = x.astype(jnp.float32) - mean
+    xhat = centred * inv
+    dy32 = dy.astype(jnp.float32)
+    dbias = _channel_sums(dy32)
+    dscale = _channel_sums(dy32 * xhat)
+    total_dbias, total_dscale = _psum(dbias, axis_name), _psum(dscale, axis_name)
+    dx = (scale * inv) * (dy32 - total_dbias / n - xhat * (total_dscale / n))
+    dx = dx + dmean / n + centred * (2 * dvar / n)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+_batch_norm_matvec.defvjp(_batch_norm_matvec_fwd, _batch_norm_matvec_bwd)
 
 
 def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:

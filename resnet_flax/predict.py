@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from resnet_flax import backend
 from resnet_flax.convert import load_torchvision
 from resnet_flax.preprocess import PRESETS, imagenet_classes
 from resnet_flax.preprocess import preprocess as preprocess_images
@@ -52,7 +53,7 @@ def top_classes(
     model: nn.Module, variables: dict, batch: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most probable classes of every image in ``batch``: (probabilities, indices)."""
-    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    forward = backend.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     chunks = range(0, len(batch), BATCH_SIZE)
     probs = np.concatenate(
         [

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import BatchNorm, conv, max_pool, torch_linear_init
+from resnet_flax.layers import BatchNorm, NormImpl, conv, max_pool, torch_linear_init
 
 ModuleDef = Any
 Shortcut = Literal["projection", "zero_pad"]
@@ -154,6 +154,8 @@ class ResNet(nn.Module):
       (option A, He et al. 2016 section 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
+    - ``norm_impl``: how BatchNorm computes its training statistics (see
+      :class:`resnet_flax.layers.BatchNorm`); the numbers are the same either way.
 
     Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
     ``intermediates`` collection (see :func:`resnet_flax.extract_features`).
@@ -173,6 +175,7 @@ class ResNet(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    norm_impl: NormImpl = "auto"
 
     head: ClassVar[str] = "fc"  # the classifier layer, replaced when fine-tuning
 
@@ -180,7 +183,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_options(self)
         check_images(x, type(self).__name__, self.in_channels)
-        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype)
+        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.norm_impl)
         preact = self.block.preact
         x = x.astype(self.dtype)
 

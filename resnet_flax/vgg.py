@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import BatchNorm, adaptive_avg_pool, conv, max_pool, torch_flatten
+from resnet_flax.layers import (
+    BatchNorm,
+    NormImpl,
+    adaptive_avg_pool,
+    conv,
+    max_pool,
+    torch_flatten,
+)
 
 # torchvision's configurations: numbers are conv widths, "M" a 2x2 max-pool.
 CFGS: dict[str, list[int | str]] = {
@@ -40,6 +47,7 @@ class VGG(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    norm_impl: NormImpl = "auto"
 
     head: ClassVar[str] = "classifier_6"  # the classifier layer, replaced when fine-tuning
 
@@ -57,7 +65,10 @@ class VGG(nn.Module):
             x = conv(v, 3, use_bias=True, dtype=self.dtype, name=f"features_{index}")(x)
             if self.batch_norm:
                 x = BatchNorm(
-                    axis_name=self.axis_name, dtype=self.dtype, name=f"features_{index + 1}"
+                    axis_name=self.axis_name,
+                    dtype=self.dtype,
+                    impl=self.norm_impl,
+                    name=f"features_{index + 1}",
                 )(x, train)
             x = nn.relu(x)
             index += 3 if self.batch_norm else 2

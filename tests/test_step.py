@@ -154,7 +154,10 @@ def test_unsynced_batch_norm_averages_running_statistics(device_runs):
     """
     synced = {k: device_runs[f"one/['first_stats']['bn1']['{k}']"] for k in ("mean", "var")}
     local = {k: device_runs[f"local/['batch_stats']['bn1']['{k}']"] for k in ("mean", "var")}
-    np.testing.assert_allclose(local["mean"], synced["mean"], rtol=1e-5)
+    # Relative to the vector's norm, as the other comparisons here: an element near zero is a
+    # cancellation whose last bits depend on the summation order of the two runs.
+    rel = np.linalg.norm(local["mean"] - synced["mean"]) / np.linalg.norm(synced["mean"])
+    assert rel <= 1e-5, f"running mean: relative difference {rel:.2e}"
     # running var = 0.9 * 1 + 0.1 * batch var; the per-slice variances leave out the spread
     # between slices, so their average is smaller than the global-batch variance
     assert np.sum(local["var"] - 0.9) < 0.99 * np.sum(synced["var"] - 0.9)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from resnet_flax import backend
 from train.parallel import BATCH
 from train.state import TrainState, cross_entropy
 
@@ -135,7 +136,7 @@ def make_train_step(
         in_specs=(P(), P(), P(BATCH), P()),
         out_specs=(P(), P()),
     )
-    return jax.jit(sharded, donate_argnums=(0, 1))
+    return backend.jit(sharded, donate_argnums=(0, 1))
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -193,4 +194,4 @@ def make_eval_step(
         in_specs=(P(), P(), P(BATCH), P()),
         out_specs=P(),
     )
-    return jax.jit(sharded, donate_argnums=(1,))
+    return backend.jit(sharded, donate_argnums=(1,))
