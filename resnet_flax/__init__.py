@@ -2,11 +2,13 @@
 
 Build (``create_model``), import and export torchvision weights (``load_torchvision``,
 ``export_torchvision``, ``save_torchvision``), preprocess like torchvision (``preprocess``),
-inspect (``summary``) and use as a backbone (``extract_features``).
+inspect (``summary``), use as a backbone (``extract_features``) and run inference with
+BatchNorm folded into the convolutions (``fold_batch_norm``).
 """
 
 from resnet_flax.convert import export_torchvision, load_torchvision, save_torchvision
 from resnet_flax.features import extract_features
+from resnet_flax.fold import fold_batch_norm
 from resnet_flax.preprocess import imagenet_classes, preprocess
 from resnet_flax.registry import TORCHVISION_MODELS, create_model, list_models, model_options
 from resnet_flax.summary import summary
@@ -16,6 +18,7 @@ __all__ = [
     "create_model",
     "export_torchvision",
     "extract_features",
+    "fold_batch_norm",
     "imagenet_classes",
     "list_models",
     "load_torchvision",

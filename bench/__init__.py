@@ -1,0 +1,1 @@
+"""Side-by-side speed benchmarks: ``python -m bench`` (see README, "Performance")."""

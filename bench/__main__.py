@@ -1,0 +1,212 @@
+"""``python -m bench``: this project against its peers, side by side, in one run.
+
+Prints a table and writes a JSON file. Every figure is a median over ``--repeats`` interleaved
+rounds after ``--warmup`` rounds; a ratio compares two contestants measured in the same rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bench import contestants, loader
+from bench.timing import interleaved, median
+from resnet_flax import backend
+from train.data.augment import augment_cifar
+
+SECTIONS = ("train", "eval", "loader", "augment")
+DEFAULT_SHAPES = "resnet18_cifar:128:32,resnet50:32:224"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {SECTIONS}")
+    p.add_argument("--shapes", default=DEFAULT_SHAPES, help="model:batch:size,... (train, eval)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--jpegs", type=int, default=300, help="JPEGs for the loader section")
+    p.add_argument("--out", default="bench/results.json", help="where to write the JSON")
+    args = p.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    import flax
+    import PIL
+
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [d.device_kind for d in jax.local_devices()],
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "pillow": PIL.__version__,
+        "compiler_options": backend.compiler_options(),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+    }
+    try:
+        import torch
+        import torchvision
+
+        info |= {"torch": torch.__version__, "torchvision": torchvision.__version__}
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def row(section, shape, unit, per_call, times, items) -> list[dict[str, Any]]:
+    """One JSON record per contestant: median items/s and the raw seconds."""
+    return [
+        {
+            "section": section,
+            "shape": shape,
+            "contestant": name,
+            "unit": unit,
+            "value": items / median(ts),
+            "seconds": ts,
+        }
+        for name, ts in times.items()
+    ] + ([] if per_call is None else per_call)
+
+
+def bench_models(args, sections) -> list[dict[str, Any]]:
+    records = []
+    for spec in args.shapes.split(","):
+        name, batch, size = spec.split(":")
+        batch, size = int(batch), int(size)
+        shape = f"{name} b{batch} {size}px"
+        print(f"[bench] building {shape}: ours, flax, torch", flush=True)
+        built = {who: make(name, batch, size) for who, make in contestants.CONTESTANTS.items()}
+        for who, b in built.items():
+            if who != "torch":
+                records.append(
+                    {"section": "compile", "shape": shape, "contestant": who, "unit": "s",
+                     "value": b.compile_s}
+                )  # fmt: skip
+        for section in ("train", "eval"):
+            if section not in sections:
+                continue
+            print(f"[bench] {section} {shape}: {args.repeats} interleaved rounds", flush=True)
+            fns = {who: getattr(b, section) for who, b in built.items()}
+            times = interleaved(fns, args.repeats, args.warmup)
+            records += row(section, shape, "img/s", None, times, batch)
+        del built
+        gc.collect()
+    return records
+
+
+def bench_loader(args) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = loader.make_jpegs(Path(tmp), args.jpegs)
+        print(f"[bench] loader: {len(paths)} JPEGs, one process each", flush=True)
+        fns = {"ours": loader.ours(paths), "torch": loader.torchvision_pil(paths)}
+        times = interleaved(fns, args.repeats, args.warmup)
+    return row("loader", "RRC 224 + flip, JPEG 300-500px", "img/s/process", None, times, len(paths))
+
+
+def bench_augment(args) -> list[dict[str, Any]]:
+    """CIFAR pad-4 crop + flip on the device, against the resnet18_cifar step it feeds."""
+    batch = int(args.shapes.split(",")[0].split(":")[1]) if args.shapes else 128
+    images = jnp.asarray(contestants.host_batch(batch, 32, 10)["image"])
+    augment = backend.jit(augment_cifar)
+    keys = iter(jax.random.split(jax.random.key(0), 10_000))
+    step = contestants.ours("resnet18_cifar", batch, 32).train
+    fns = {
+        "augment": lambda: jax.block_until_ready(augment(next(keys), images)),
+        "train_step": step,
+    }
+    times = interleaved(fns, args.repeats, args.warmup)
+    return row("augment", f"resnet18_cifar b{batch} 32px", "img/s", None, times, batch)
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one line per (section, shape), contestants side by side, ratios last."""
+    lines = [
+        "| figure | shape | ours | PyTorch | plain Flax | ours / PyTorch | ours / plain Flax |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in records:
+        groups.setdefault((r["section"], r["shape"]), {})[r["contestant"]] = r
+    label = {
+        "train": "train step, img/s",
+        "eval": "eval forward, img/s",
+        "compile": "train-step compile, s",
+        "loader": "input pipeline, img/s per process",
+        "augment": "CIFAR augment vs its step, img/s",
+    }
+    for (section, shape), by in groups.items():
+        ours = by.get("ours") or by.get("augment")
+        peer_torch = by.get("torch") or by.get("train_step")
+        flax = by.get("flax")
+        fmt = (lambda v: f"{v:.1f}") if section != "augment" else (lambda v: f"{v:,.0f}")
+        cells = [fmt(x["value"]) if x else "" for x in (ours, peer_torch, flax)]
+        inverse = section == "compile"  # seconds: smaller is better, so peer / ours
+        ratios = [_ratio(ours, peer, inverse) for peer in (peer_torch, flax)]
+        lines.append(f"| {label[section]} | {shape} | {' | '.join(cells + ratios)} |")
+    return "\n".join(lines)
+
+
+def _ratio(ours: dict | None, peer: dict | None, inverse: bool) -> str:
+    if not (ours and peer):
+        return ""
+    value = peer["value"] / ours["value"] if inverse else ours["value"] / peer["value"]
+    return f"{value:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = args.sections.split(",")
+    info = machine()
+    print(f"[bench] {info['command']}\n[bench] {json.dumps(info)}", flush=True)
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    if {"train", "eval"} & set(sections):
+        records += bench_models(args, sections)
+    if "loader" in sections:
+        records += bench_loader(args)
+    if "augment" in sections:
+        records += bench_augment(args)
+    out = {
+        "machine": info,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "wall_s": time.perf_counter() - start,
+        "records": records,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(table(records))
+    print(f"[bench] wrote {args.out} ({out['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The three contestants, each built for one (model, batch, image size): a train step (forward,
+backward, SGD with momentum and weight decay) and an eval forward, as zero-argument callables
+that block until done, plus the train step's compile time.
+
+- ``ours``: the registry model and the project's own train step (``train.step``) on a 1-device
+  mesh, compiled with :func:`resnet_flax.backend.jit`'s settings.
+- ``flax``: :mod:`bench.flax_example` under plain ``jax.jit``.
+- ``torch``: torchvision's model, eager, channels_last, ``torch.optim.SGD``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench import flax_example
+from resnet_flax import backend, create_model
+from train import parallel
+from train.data.augment import normalize
+from train.state import create_train_state
+from train.step import make_train_step, train_metrics_zeros
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Built:
+    train: Callable[[], Any]
+    eval: Callable[[], Any]
+    compile_s: float
+
+
+def num_classes(name: str) -> int:
+    return 10 if name.endswith("_cifar") else 1000
+
+
+def sgd() -> optax.GradientTransformation:
+    """torch.optim.SGD(lr, momentum, weight_decay): decay added to the gradient first."""
+    return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, momentum=MOMENTUM))
+
+
+def host_batch(batch: int, size: int, classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, classes, batch, dtype=np.int32),
+    }
+
+
+def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
+    mesh = jax.make_mesh((1,), (parallel.BATCH,), devices=jax.devices()[:1])
+    classes = num_classes(name)
+    model = create_model(name, num_classes=classes, **model_options)
+    x = jnp.zeros((1, size, size, 3))
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"))
+    state = parallel.replicate(mesh, create_train_state(model.apply, variables, sgd()))
+    data = parallel.global_batch(mesh, host_batch(batch, size, classes))
+    norm = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)
+    step = make_train_step(mesh, num_classes=classes, normalize=norm)
+    metrics = parallel.replicate(mesh, train_metrics_zeros())
+    start = time.perf_counter()
+    compiled = step.lower(state, metrics, data, None).compile()
+    compile_s = time.perf_counter() - start
+    carry = [state, metrics]
+
+    def train():
+        carry[0], carry[1] = compiled(carry[0], carry[1], data, None)
+        jax.block_until_ready(carry[1])
+
+    forward = backend.jit(lambda v, images: model.apply(v, norm(images), train=False))
+    eval_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    images = data["image"]
+    return Built(train, lambda: jax.block_until_ready(forward(eval_vars, images)), compile_s)
+
+
+def flax(name: str, batch: int, size: int) -> Built:
+    classes = num_classes(name)
+    model = flax_example.MODELS[name]()
+    host = host_batch(batch, size, classes)
+    norm = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)
+    images, labels = jnp.asarray(host["image"]), jnp.asarray(host["label"])
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
+        jax.random.key(0, impl="rbg")
+    )
+    tx = sgd()
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+    @partial(jax.jit, donate_argnums=0)
+    def step(state, images, labels):
+        params, batch_stats, opt_state = state
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                norm(images),
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    start = time.perf_counter()
+    compiled = step.lower(state, images, labels).compile()
+    compile_s = time.perf_counter() - start
+    carry = [state]
+
+    def train():
+        carry[0], loss = compiled(carry[0], images, labels)
+        jax.block_until_ready(loss)
+
+    forward = jax.jit(lambda v, images: model.apply(v, norm(images), train=False))
+    return Built(train, lambda: jax.block_until_ready(forward(variables, images)), compile_s)
+
+
+def torch(name: str, batch: int, size: int) -> Built:
+    import torch as th
+    import torchvision
+
+    classes = num_classes(name)
+    th.manual_seed(0)
+    if name == "resnet18_cifar":
+        model = torchvision.models.resnet18(num_classes=classes)
+        model.conv1 = th.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = th.nn.Identity()
+    else:
+        model = getattr(torchvision.models, name)(num_classes=classes)
+    model = model.to(memory_format=th.channels_last)
+    opt = th.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    host = host_batch(batch, size, classes)
+    mean = th.tensor(MEAN).view(1, 3, 1, 1) * 255
+    std = th.tensor(STD).view(1, 3, 1, 1) * 255
+    images = th.from_numpy(host["image"]).permute(0, 3, 1, 2)  # NHWC memory: channels_last
+    labels = th.from_numpy(host["label"]).long()
+
+    def train():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        x = (images.float() - mean) / std
+        th.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+
+    def evaluate():
+        model.eval()
+        with th.inference_mode():
+            model((images.float() - mean) / std)
+
+    return Built(train, evaluate, 0.0)
+
+
+CONTESTANTS: dict[str, Callable[..., Built]] = {"ours": ours, "flax": flax, "torch": torch}

@@ -1,0 +1,109 @@
+"""Inference with every BatchNorm folded into the convolution that feeds it.
+
+In eval mode BatchNorm is a per-channel affine map, so ``bn(conv(x, W))`` equals
+``conv(x, W * mul) + add`` with ``mul = scale / sqrt(var + eps)`` and
+``add = bias - mean * mul``. :func:`fold_batch_norm` finds the conv -> BatchNorm pairs by
+tracing the model once (a BatchNorm whose input is a conv's output), scales the kernels ahead of
+time, and returns a jitted forward that skips the folded BatchNorms. It works for any model
+built from :func:`resnet_flax.layers.conv` and :class:`~resnet_flax.layers.BatchNorm`; a
+BatchNorm not fed by a conv (pre-activation nets) stays as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import unfreeze
+
+from resnet_flax import backend
+from resnet_flax.layers import BatchNorm
+
+Path = tuple[str, ...]
+EPSILON = 1e-5  # BatchNorm's, checked for every folded module
+
+
+def conv_norm_pairs(model: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> dict:
+    """``{conv path: BatchNorm path}`` for each BatchNorm applied directly to a conv's output."""
+    produced_by: dict[int, Path] = {}
+    pairs: dict[Path, Path] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name != "__call__":
+            return out
+        if isinstance(module, nn.Conv):
+            produced_by[id(out)] = module.path
+        elif isinstance(module, BatchNorm) and id(args[0]) in produced_by:
+            if module.epsilon != EPSILON:
+                raise ValueError(f"{'/'.join(module.path)}: folding assumes eps={EPSILON}")
+            pairs[produced_by[id(args[0])]] = module.path
+        return out
+
+    def trace(v, x):
+        with nn.intercept_methods(record):
+            return model.apply(v, x, train=False)
+
+    jax.eval_shape(trace, variables, jax.ShapeDtypeStruct(image_shape, jnp.float32))
+    return pairs
+
+
+def fold_variables(variables: Any, pairs: dict[Path, Path]) -> tuple[dict, dict]:
+    """Kernels scaled by their BatchNorm, and the bias each folded conv without one adds.
+
+    A conv that has a bias of its own (VGG's) takes the folded bias in its place.
+    """
+    params = unfreeze(variables["params"])
+    stats = variables["batch_stats"]
+    biases = {}
+    for conv_path, norm_path in pairs.items():
+        conv, norm, stat = _at(params, conv_path), _at(params, norm_path), _at(stats, norm_path)
+        mul = norm["scale"] * jax.lax.rsqrt(stat["var"] + EPSILON)
+        add = norm["bias"] - stat["mean"] * mul
+        conv["kernel"] = conv["kernel"] * mul
+        if "bias" in conv:
+            conv["bias"] = conv["bias"] * mul + add
+        else:
+            biases["/".join(conv_path)] = add
+    return params, biases
+
+
+def fold_batch_norm(
+    model: nn.Module, variables: Any, image_shape: tuple[int, ...] = (1, 224, 224, 3)
+) -> Callable[[jax.Array], jax.Array]:
+    """``predict(images) -> logits``: eval mode with BatchNorm folded into the convs.
+
+    ``image_shape`` is any input shape the model takes, used once to find the pairs; the
+    returned function is jitted and compiles once per input shape.
+    """
+    pairs = conv_norm_pairs(model, variables, image_shape)
+    folded_norms = set(pairs.values())
+    params, biases = fold_variables(variables, pairs)
+    folded = {"params": params, "batch_stats": variables["batch_stats"]}
+
+    def forward(v, bias, images):
+        def interceptor(next_fun, args, kwargs, context):
+            module, call = context.module, context.method_name == "__call__"
+            if call and isinstance(module, BatchNorm) and module.path in folded_norms:
+                return args[0]  # already applied by the conv before it
+            out = next_fun(*args, **kwargs)
+            key = "/".join(module.path)
+            if call and isinstance(module, nn.Conv) and key in bias:
+                out = out + bias[key].astype(out.dtype)
+            return out
+
+        with nn.intercept_methods(interceptor):
+            return model.apply(v, images, train=False)
+
+    jitted = backend.jit(forward)
+    return lambda images: jitted(folded, biases, images)
+
+
+def _at(tree: dict, path: Path) -> dict:
+    for name in path:
+        tree = tree[name]
+    return tree
