@@ -3,7 +3,8 @@ backward, SGD with momentum and weight decay) and an eval forward, as zero-argum
 that block until done, plus the train step's compile time.
 
 - ``ours``: the registry model and the project's own train step (``train.step``) on a 1-device
-  mesh, compiled with :func:`resnet_flax.backend.jit`'s settings.
+  mesh, compiled with :func:`resnet_flax.backend.jit`'s settings; eval runs
+  :func:`resnet_flax.fold_batch_norm`'s forward.
 - ``flax``: :mod:`bench.flax_example` under plain ``jax.jit``.
 - ``torch``: torchvision's model, eager, channels_last, ``torch.optim.SGD``.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 
 from bench import flax_example
-from resnet_flax import backend, create_model
+from resnet_flax import backend, create_model, fold_batch_norm
 from train import parallel
 from train.data.augment import normalize
 from train.state import create_train_state
@@ -59,7 +60,7 @@ def host_batch(batch: int, size: int, classes: int, seed: int = 0) -> dict[str, 
 def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
     mesh = jax.make_mesh((1,), (parallel.BATCH,), devices=jax.devices()[:1])
     classes = num_classes(name)
-    model = create_model(name, num_classes=classes, **model_options)
+    model = create_model(name, num_classes=classes, axis_name=parallel.BATCH, **model_options)
     x = jnp.zeros((1, size, size, 3))
     variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"))
     state = parallel.replicate(mesh, create_train_state(model.apply, variables, sgd()))
@@ -76,10 +77,10 @@ def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
         carry[0], carry[1] = compiled(carry[0], carry[1], data, None)
         jax.block_until_ready(carry[1])
 
-    forward = backend.jit(lambda v, images: model.apply(v, norm(images), train=False))
-    eval_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    images = data["image"]
-    return Built(train, lambda: jax.block_until_ready(forward(eval_vars, images)), compile_s)
+    images = jnp.asarray(host_batch(batch, size, classes)["image"])
+    predict = fold_batch_norm(model, variables, images.shape)
+    normalize_ = backend.jit(norm)
+    return Built(train, lambda: jax.block_until_ready(predict(normalize_(images))), compile_s)
 
 
 def flax(name: str, batch: int, size: int) -> Built:
@@ -92,7 +93,8 @@ def flax(name: str, batch: int, size: int) -> Built:
         jax.random.key(0, impl="rbg")
     )
     tx = sgd()
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    params = jax.tree.map(jnp.copy, variables["params"])
+    state = (params, jax.tree.map(jnp.copy, variables["batch_stats"]), tx.init(params))
 
     @partial(jax.jit, donate_argnums=0)
     def step(state, images, labels):
