@@ -31,7 +31,7 @@ from train.data import (
     normalize,
     stream_length,
 )
-from train.data.images import eval_crop, random_resized_box
+from train.data.images import eval_crop, random_resized_box, train_crop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESNET_FLAX_SHARED", REPO.parent / "shared"))
@@ -352,6 +352,36 @@ def test_eval_crop_is_resize_then_centre_crop(tmp_path):
     jpg = eval_crop(str(tmp_path / "a.jpg"), 32).astype(int)  # DCT-domain downscale path
     small = np.asarray(Image.fromarray(pixels).resize((49, 37), Image.Resampling.BILINEAR))
     assert np.abs(jpg - small[2:34, 8:40].astype(int)).mean() < 6.0
+
+
+def test_train_crop_is_the_box_resized_then_maybe_flipped(tmp_path):
+    """OpenCV's decode (full or 1/2..1/8 scale in the DCT domain) and bilinear resize give
+    the PIL crop of the same box; the RNG draws box then flip, whatever the input form."""
+    y, x = np.mgrid[0:600, 0:800]
+    pixels = np.stack([x * 255 // 799, y * 255 // 599, (x + y) * 255 // 1398], -1).astype(np.uint8)
+    _save(tmp_path / "a.jpg", pixels, quality=95)
+    encoded = (tmp_path / "a.jpg").read_bytes()
+    for size in (224, 64, 16):  # 16: the box shrinks >= 8x, decoded at 1/8 scale
+        for seed in range(6):
+            rng = np.random.default_rng(seed)
+            box = random_resized_box(800, 600, rng)
+            flip = rng.random() < 0.5
+            reference = Image.fromarray(pixels).resize((size, size), Image.BILINEAR, box=box)
+            reference = np.asarray(reference)[:, ::-1] if flip else np.asarray(reference)
+            for data in (encoded, str(tmp_path / "a.jpg"), pixels):
+                out = train_crop(data, size, np.random.default_rng(seed))
+                assert out.shape == (size, size, 3) and out.dtype == np.uint8
+                assert np.abs(out.astype(int) - reference).mean() < 4.0, (size, seed, type(data))
+
+
+def test_train_crop_names_a_file_it_cannot_decode():
+    with pytest.raises(OSError):  # PIL reads the header first: not an image at all
+        train_crop(b"not a jpeg", 32, np.random.default_rng(0))
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "JPEG")
+    with pytest.raises(ValueError, match="cannot decode"):  # a valid header, truncated body
+        train_crop(buffer.getvalue()[:1000], 32, np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------- streaming
