@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {SECTIONS}")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help="model:batch:size,... (train, eval)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per figure")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--jpegs", type=int, default=300, help="JPEGs for the loader section")
     p.add_argument("--out", default="bench/results.json", help="where to write the JSON")

@@ -20,11 +20,13 @@ def interleaved(
         for fn in contestants.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, fn in contestants.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+        line = ", ".join(f"{name} {ts[-1]:.3f} s" for name, ts in times.items())
+        print(f"[bench]   round {round_ + 1}/{repeats}: {line}", flush=True)
     return times
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import BatchNorm, NormImpl, conv, max_pool, torch_linear_init
+from resnet_flax.layers import BatchNorm, Impl, conv, max_pool, torch_linear_init
 
 ModuleDef = Any
 Shortcut = Literal["projection", "zero_pad"]
@@ -40,6 +40,7 @@ class Block(nn.Module):
     shortcut: Shortcut | None = None
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    impl: Impl = "auto"
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -54,7 +55,7 @@ class BasicBlock(Block):
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
         if self.dilation > 1:
             raise ValueError("BasicBlock does not support dilation > 1 (torchvision neither)")
-        c = partial(conv, dtype=self.dtype)
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
         out = c(self.planes, 3, self.stride, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out, train))
         out = c(self.planes, 3, name="conv2")(out)
@@ -70,7 +71,7 @@ class Bottleneck(Block):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        c = partial(conv, dtype=self.dtype)
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
         out = nn.relu(self.norm(name="bn1")(c(width, 1, name="conv1")(x), train))
         out = c(width, 3, self.stride, groups=self.groups, dilation=self.dilation, name="conv2")(
             out
@@ -88,7 +89,7 @@ class PreActBasicBlock(Block):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = partial(conv, dtype=self.dtype)
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
         out = nn.relu(self.norm(name="bn1")(x, train))
         identity = _shortcut(self, x, train, preactivated=out)
         out = c(self.planes, 3, self.stride, name="conv1")(out)
@@ -106,7 +107,7 @@ class PreActBottleneck(Block):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        c = partial(conv, dtype=self.dtype)
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
         out = nn.relu(self.norm(name="bn1")(x, train))
         identity = _shortcut(self, x, train, preactivated=out)
         out = c(width, 1, name="conv1")(out)
@@ -137,8 +138,11 @@ def _shortcut(
     if block.shortcut == "zero_pad":
         return zero_pad_shortcut(x, block.stride, features)
     if block.preact:
-        return conv(features, 1, block.stride, dtype=block.dtype, name="downsample_0")(preactivated)
-    out = conv(features, 1, block.stride, dtype=block.dtype, name="downsample_0")(x)
+        c = conv(features, 1, block.stride, dtype=block.dtype, impl=block.impl, name="downsample_0")
+        return c(preactivated)
+    out = conv(features, 1, block.stride, dtype=block.dtype, impl=block.impl, name="downsample_0")(
+        x
+    )
     return block.norm(name="downsample_1")(out, train)
 
 
@@ -154,8 +158,8 @@ class ResNet(nn.Module):
       (option A, He et al. 2016 section 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
-    - ``norm_impl``: how BatchNorm computes its training statistics (see
-      :class:`resnet_flax.layers.BatchNorm`); the numbers are the same either way.
+    - ``impl``: ``"plain"`` or ``"cpu"`` formulations of conv and BatchNorm gradients, or
+      ``"auto"`` (see :mod:`resnet_flax.layers`); the numbers are the same either way.
 
     Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
     ``intermediates`` collection (see :func:`resnet_flax.extract_features`).
@@ -175,7 +179,7 @@ class ResNet(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    norm_impl: NormImpl = "auto"
+    impl: Impl = "auto"
 
     head: ClassVar[str] = "fc"  # the classifier layer, replaced when fine-tuning
 
@@ -183,16 +187,16 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_options(self)
         check_images(x, type(self).__name__, self.in_channels)
-        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.norm_impl)
+        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl)
         preact = self.block.preact
         x = x.astype(self.dtype)
 
         if self.stem == "imagenet":
-            x = conv(self.stem_width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+            x = conv(self.stem_width, 7, 2, 3, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x, train))
             x = max_pool(x, 3, 2, 1)
         else:
-            x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, name="conv1")(x)
+            x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             if not preact:
                 x = nn.relu(norm(name="bn1")(x, train))
         self.sow("intermediates", "stem", x)
@@ -217,6 +221,7 @@ class ResNet(nn.Module):
                     shortcut=self.shortcut if needs_shortcut else None,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
+                    impl=self.impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
                 inplanes = planes * self.block.expansion

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from resnet_flax.checks import check_images, check_options
 from resnet_flax.layers import (
     BatchNorm,
-    NormImpl,
+    Impl,
     adaptive_avg_pool,
     conv,
     max_pool,
@@ -47,7 +47,7 @@ class VGG(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    norm_impl: NormImpl = "auto"
+    impl: Impl = "auto"
 
     head: ClassVar[str] = "classifier_6"  # the classifier layer, replaced when fine-tuning
 
@@ -62,12 +62,14 @@ class VGG(nn.Module):
                 x = max_pool(x, 2, 2, 0)
                 index += 1
                 continue
-            x = conv(v, 3, use_bias=True, dtype=self.dtype, name=f"features_{index}")(x)
+            x = conv(
+                v, 3, use_bias=True, dtype=self.dtype, impl=self.impl, name=f"features_{index}"
+            )(x)
             if self.batch_norm:
                 x = BatchNorm(
                     axis_name=self.axis_name,
                     dtype=self.dtype,
-                    impl=self.norm_impl,
+                    impl=self.impl,
                     name=f"features_{index + 1}",
                 )(x, train)
             x = nn.relu(x)
