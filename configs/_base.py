@@ -52,9 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
     config.sync_batch_norm = True  # BatchNorm statistics over the global batch (False: per device)
     # CPU only: split the CPU into several devices of ~16 images each (4-9% faster training on
-    # 2 cores since resnet_flax.backend's settings; 2x before them). Opt-in: under heavy CPU oversubscription XLA's in-process all-reduce once hit
-    # its 40 s rendezvous timeout and aborted a run (resnet20, 2 devices); the split now raises
-    # XLA's CPU collective timeouts (train/parallel.py), but has had less mileage than 1 device.
+    # 2 cores since resnet_flax.backend's settings; 2x before them). Opt-in: under heavy CPU
+    # oversubscription XLA's in-process all-reduce once hit its 40 s rendezvous timeout and
+    # aborted a run (resnet20, 2 devices); the split now raises XLA's CPU collective timeouts
+    # (train/parallel.py), but has had less mileage than 1 device.
     config.split_cpu_devices = False
     config.seed = 0
 
