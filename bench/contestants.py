@@ -31,6 +31,7 @@ from train.step import make_train_step, train_metrics_zeros
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZE = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)  # uint8 -> float32
 
 
 @dataclass
@@ -65,8 +66,7 @@ def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
     variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"))
     state = parallel.replicate(mesh, create_train_state(model.apply, variables, sgd()))
     data = parallel.global_batch(mesh, host_batch(batch, size, classes))
-    norm = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)
-    step = make_train_step(mesh, num_classes=classes, normalize=norm)
+    step = make_train_step(mesh, num_classes=classes, normalize=NORMALIZE)
     metrics = parallel.replicate(mesh, train_metrics_zeros())
     start = time.perf_counter()
     compiled = step.lower(state, metrics, data, None).compile()
@@ -77,9 +77,9 @@ def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
         carry[0], carry[1] = compiled(carry[0], carry[1], data, None)
         jax.block_until_ready(carry[1])
 
-    images = jnp.asarray(host_batch(batch, size, classes)["image"])
+    images = data["image"]
     predict = fold_batch_norm(model, variables, images.shape)
-    normalize_ = backend.jit(norm)
+    normalize_ = backend.jit(NORMALIZE)
     return Built(train, lambda: jax.block_until_ready(predict(normalize_(images))), compile_s)
 
 
@@ -87,7 +87,6 @@ def flax(name: str, batch: int, size: int) -> Built:
     classes = num_classes(name)
     model = flax_example.MODELS[name]()
     host = host_batch(batch, size, classes)
-    norm = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)
     images, labels = jnp.asarray(host["image"]), jnp.asarray(host["label"])
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
         jax.random.key(0, impl="rbg")
@@ -103,7 +102,7 @@ def flax(name: str, batch: int, size: int) -> Built:
         def loss_fn(params):
             logits, updates = model.apply(
                 {"params": params, "batch_stats": batch_stats},
-                norm(images),
+                NORMALIZE(images),
                 train=True,
                 mutable=["batch_stats"],
             )
@@ -123,7 +122,7 @@ def flax(name: str, batch: int, size: int) -> Built:
         carry[0], loss = compiled(carry[0], images, labels)
         jax.block_until_ready(loss)
 
-    forward = jax.jit(lambda v, images: model.apply(v, norm(images), train=False))
+    forward = jax.jit(lambda v, images: model.apply(v, NORMALIZE(images), train=False))
     return Built(train, lambda: jax.block_until_ready(forward(variables, images)), compile_s)
 
 

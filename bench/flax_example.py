@@ -13,42 +13,38 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-class BasicBlock(nn.Module):
+class Block(nn.Module):
     filters: int
     conv: type
     norm: type
     strides: int = 1
 
+    def shortcut(self, residual, y):
+        """The input, projected (1x1 conv + norm) when its shape differs from the output's."""
+        if residual.shape != y.shape:
+            strides = (self.strides, self.strides)
+            residual = self.norm()(self.conv(y.shape[-1], (1, 1), strides)(residual))
+        return residual
+
+
+class BasicBlock(Block):
     @nn.compact
     def __call__(self, x):
-        residual = x
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
         y = nn.relu(self.norm()(y))
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm()(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
-            residual = self.norm()(residual)
-        return nn.relu(residual + y)
+        return nn.relu(self.shortcut(x, y) + y)
 
 
-class BottleneckBlock(nn.Module):
-    filters: int
-    conv: type
-    norm: type
-    strides: int = 1
-
+class BottleneckBlock(Block):
     @nn.compact
     def __call__(self, x):
-        residual = x
         y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
         y = nn.relu(self.norm()(y))
         y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
-            residual = self.norm()(residual)
-        return nn.relu(residual + y)
+        return nn.relu(self.shortcut(x, y) + y)
 
 
 class ResNet(nn.Module):

@@ -20,16 +20,16 @@ import jax.numpy as jnp
 from flax.core import unfreeze
 
 from resnet_flax import backend
-from resnet_flax.layers import BatchNorm
+from resnet_flax.layers import BatchNorm, affine_coefficients
 
 Path = tuple[str, ...]
-EPSILON = 1e-5  # BatchNorm's, checked for every folded module
 
 
 def conv_norm_pairs(model: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> dict:
-    """``{conv path: BatchNorm path}`` for each BatchNorm applied directly to a conv's output."""
+    """``{conv path: (BatchNorm path, its epsilon)}`` for each BatchNorm applied directly to a
+    conv's output."""
     produced_by: dict[int, Path] = {}
-    pairs: dict[Path, Path] = {}
+    pairs: dict[Path, tuple[Path, float]] = {}
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -39,9 +39,7 @@ def conv_norm_pairs(model: nn.Module, variables: Any, image_shape: tuple[int, ..
         if isinstance(module, nn.Conv):
             produced_by[id(out)] = module.path
         elif isinstance(module, BatchNorm) and id(args[0]) in produced_by:
-            if module.epsilon != EPSILON:
-                raise ValueError(f"{'/'.join(module.path)}: folding assumes eps={EPSILON}")
-            pairs[produced_by[id(args[0])]] = module.path
+            pairs[produced_by[id(args[0])]] = (module.path, module.epsilon)
         return out
 
     def trace(v, x):
@@ -52,7 +50,7 @@ def conv_norm_pairs(model: nn.Module, variables: Any, image_shape: tuple[int, ..
     return pairs
 
 
-def fold_variables(variables: Any, pairs: dict[Path, Path]) -> tuple[dict, dict]:
+def fold_variables(variables: Any, pairs: dict[Path, tuple[Path, float]]) -> tuple[dict, dict]:
     """Kernels scaled by their BatchNorm, and the bias each folded conv without one adds.
 
     A conv that has a bias of its own (VGG's) takes the folded bias in its place.
@@ -60,10 +58,11 @@ def fold_variables(variables: Any, pairs: dict[Path, Path]) -> tuple[dict, dict]
     params = unfreeze(variables["params"])
     stats = variables["batch_stats"]
     biases = {}
-    for conv_path, norm_path in pairs.items():
+    for conv_path, (norm_path, epsilon) in pairs.items():
         conv, norm, stat = _at(params, conv_path), _at(params, norm_path), _at(stats, norm_path)
-        mul = norm["scale"] * jax.lax.rsqrt(stat["var"] + EPSILON)
-        add = norm["bias"] - stat["mean"] * mul
+        mul, add = affine_coefficients(
+            norm["scale"], norm["bias"], stat["mean"], stat["var"], epsilon
+        )
         conv["kernel"] = conv["kernel"] * mul
         if "bias" in conv:
             conv["bias"] = conv["bias"] * mul + add
@@ -81,7 +80,7 @@ def fold_batch_norm(
     returned function is jitted and compiles once per input shape.
     """
     pairs = conv_norm_pairs(model, variables, image_shape)
-    folded_norms = set(pairs.values())
+    folded_norms = {norm_path for norm_path, _ in pairs.values()}
     params, biases = fold_variables(variables, pairs)
     folded = {"params": params, "batch_stats": variables["batch_stats"]}
 

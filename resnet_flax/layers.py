@@ -156,7 +156,7 @@ class BatchNorm(nn.Module):
             train_fn = _batch_norm_plain
         y, mean, var = train_fn(x, scale, bias, self.epsilon, self.axis_name, self.dtype)
         if not self.is_initializing():
-            n = math.prod(x.shape[:-1]) * _axis_size(self.axis_name)
+            n = _count(x, self.axis_name)
             unbiased = var * (n / max(n - 1, 1))  # torch's running_var convention
             ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
             ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
@@ -186,14 +186,21 @@ def _varying(x: jax.Array) -> frozenset:
     return frozenset(getattr(manual, "varying", ()))
 
 
-def _axis_size(axis_name: str | None) -> int:
-    return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+def _count(x: jax.Array, axis_name: str | None) -> int:
+    """How many values each channel's statistics are taken over (all devices on the axis)."""
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    return math.prod(x.shape[:-1]) * devices
+
+
+def affine_coefficients(scale, bias, mean, var, epsilon):
+    """``(mul, add)`` with ``bn(x) = x * mul + add``: BatchNorm's normalisation as an affine map."""
+    mul = scale * jax.lax.rsqrt(var + epsilon)
+    return mul, bias - mean * mul
 
 
 def _affine(x, scale, bias, mean, var, epsilon, dtype):
     """``(x - mean) * scale / sqrt(var + eps) + bias``, folded into one multiply-add."""
-    mul = scale * jax.lax.rsqrt(var + epsilon)
-    add = bias - mean * mul
+    mul, add = affine_coefficients(scale, bias, mean, var, epsilon)
     return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
 
 
@@ -229,7 +236,7 @@ def _batch_norm_matvec(x, scale, bias, epsilon, axis_name, dtype):
 
 
 def _batch_norm_matvec_fwd(x, scale, bias, epsilon, axis_name, dtype):
-    n = math.prod(x.shape[:-1]) * _axis_size(axis_name)
+    n = _count(x, axis_name)
     x32 = x.astype(jnp.float32)
     mean = _psum(_channel_sums(x32), axis_name) / n
     var = _psum(_channel_sums(jnp.square(x32 - mean)), axis_name) / n  # two-pass, as torch
@@ -245,7 +252,7 @@ def _batch_norm_matvec_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     """
     x, scale, mean, var = residuals
     dy, dmean, dvar = cotangents
-    n = math.prod(x.shape[:-1]) * _axis_size(axis_name)
+    n = _count(x, axis_name)
     inv = jax.lax.rsqrt(var + epsilon)
     centred = x.astype(jnp.float32) - mean
     xhat = centred * inv
