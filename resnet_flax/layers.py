@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_flax import onednn
+
 Dtype = Any
 Impl = Literal["auto", "plain", "cpu"]
 WEIGHT_GRAD_CHUNK = 16  # images per weight-gradient convolution on the CPU
@@ -76,9 +78,18 @@ def conv(
         dtype=dtype,
         kernel_init=kernel_init,
         bias_init=nn.initializers.zeros,
-        conv_general_dilated=chunked_weight_grad_conv if resolve_impl(impl) == "cpu" else None,
+        conv_general_dilated=cpu_conv if resolve_impl(impl) == "cpu" else None,
         name=name,
     )
+
+
+def cpu_conv(lhs, rhs, window_strides, padding, **options):
+    """The CPU convolution: oneDNN's kernels (PyTorch's) where they apply, else XLA's with a
+    chunked kernel gradient."""
+    if onednn.supports(lhs, rhs, padding, **options):
+        rhs = _vary_like(lhs, rhs)
+        return onednn.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
+    return chunked_weight_grad_conv(lhs, rhs, window_strides, padding, **options)
 
 
 def chunked_weight_grad_conv(lhs, rhs, window_strides, padding, **options):

@@ -1,8 +1,9 @@
 """The CPU paths behind the one conv factory and the one norm, and the compiler settings:
 the same numbers as the plain formulations.
 
-``impl="cpu"`` (the default on the CPU) gives conv and BatchNorm hand-written gradients, so
-both are checked against torch's autograd, next to the textbook ``impl="plain"``.
+``impl="cpu"`` (the default on the CPU) runs convs through oneDNN (or, without it, XLA with a
+chunked kernel gradient) and gives BatchNorm a hand-written gradient, so each is checked
+against torch's autograd, next to the textbook ``impl="plain"``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import backend
+from resnet_flax import backend, onednn
 from resnet_flax.layers import WEIGHT_GRAD_CHUNK, BatchNorm, conv
 
 SHAPE = (8, 6, 5, 16)  # NHWC
@@ -102,13 +103,17 @@ def test_batch_norm_rejects_an_unknown_impl():
         BatchNorm(impl="fast").init(jax.random.key(0), jnp.ones(SHAPE), train=True)
 
 
-@pytest.mark.parametrize("impl", ["plain", "cpu"])
+@pytest.mark.parametrize("impl", ["plain", "cpu", "cpu-without-onednn"])
 @pytest.mark.parametrize(
     "kernel,stride,groups,dilation", [(3, 1, 1, 1), (3, 2, 2, 1), (1, 2, 1, 1), (3, 1, 1, 2)]
 )
-def test_conv_gradients_match_torch(impl, kernel, stride, groups, dilation):
-    """40 images: two full weight-gradient chunks and a part chunk."""
+def test_conv_gradients_match_torch(impl, kernel, stride, groups, dilation, monkeypatch):
+    """40 images: two full weight-gradient chunks and a part chunk (for XLA's chunked kernel
+    gradient, the CPU path where oneDNN is missing)."""
     torch = pytest.importorskip("torch")
+    if impl == "cpu-without-onednn":
+        monkeypatch.setattr(onednn, "available", lambda: False)
+        impl = "cpu"
     n = 2 * WEIGHT_GRAD_CHUNK + 8
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 9, 9, 8)).astype(np.float32)

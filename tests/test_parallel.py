@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from resnet_flax import onednn
 from train import parallel
 from train.data import ArrayDataset, epoch_permutation
 
@@ -147,7 +148,9 @@ def free_port() -> int:
 
 
 def launch(mode: str, workdir: Path, extra_env: dict[str, str]) -> subprocess.Popen:
-    env = os.environ | extra_env
+    # oneDNN's kernel gradients sum in an order that depends on its thread count; the same
+    # count everywhere keeps the comparison exact.
+    env = os.environ | {onednn.THREADS_ENV: "1"} | extra_env
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, __file__, mode, str(workdir)],

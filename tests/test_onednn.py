@@ -1,0 +1,150 @@
+"""The oneDNN convolutions behind ``impl="cpu"``: value and both gradients against torch's
+float64 autograd, in every geometry the models use and the odd ones they might."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_flax import onednn
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
+
+DN = ("NHWC", "HWIO", "NHWC")
+# measured worst relative error against float64: 4.9e-7 (kernel gradient of the dilated
+# group conv)
+BOUND = 1e-6
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def dimension_numbers(x, w):
+    return jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
+
+
+def torch_reference(x, w, dy, stride, padding, dilation, groups):
+    """``(y, dx, dw)`` from torch in float64, NHWC/HWIO in and out."""
+    torch = pytest.importorskip("torch")
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)).requires_grad_(True)
+    tw = torch.from_numpy(w.transpose(3, 2, 0, 1).astype(np.float64)).requires_grad_(True)
+    (pt, pb), (pl, pr) = padding
+    padded = torch.nn.functional.pad(tx, (pl, pr, pt, pb))
+    y = torch.nn.functional.conv2d(padded, tw, None, stride, 0, dilation, groups)
+    y.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).astype(np.float64)))
+    return (
+        y.detach().numpy().transpose(0, 2, 3, 1),
+        tx.grad.numpy().transpose(0, 2, 3, 1),
+        tw.grad.numpy().transpose(2, 3, 1, 0),
+    )
+
+
+@pytest.mark.parametrize(
+    "size,cin,cout,kernel,stride,padding,dilation,groups",
+    [
+        (9, 8, 12, 3, 1, 1, 1, 1),  # BasicBlock
+        (10, 8, 16, 3, 2, 1, 1, 1),  # downsampling 3x3
+        (10, 8, 16, 1, 2, 0, 1, 1),  # projection shortcut
+        (20, 3, 8, 7, 2, 3, 1, 1),  # ImageNet stem
+        (11, 8, 12, 3, 1, 2, 2, 4),  # ResNeXt group conv, dilated
+        (9, 6, 6, 3, 1, 1, 1, 6),  # depthwise
+        (9, 8, 8, 3, 2, ((0, 1), (1, 0)), 1, 1),  # asymmetric padding
+    ],
+)
+def test_value_and_gradients_match_torch(
+    size, cin, cout, kernel, stride, padding, dilation, groups
+):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, size, size, cin)).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, cin // groups, cout)).astype(np.float32)
+    pads = padding if isinstance(padding, tuple) else ((padding, padding), (padding, padding))
+
+    def f(x, w):
+        return onednn.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            pads,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=dimension_numbers(x, w),
+            feature_group_count=groups,
+        )
+
+    y, vjp = jax.vjp(jax.jit(f), jnp.asarray(x), jnp.asarray(w))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw = jax.jit(vjp)(jnp.asarray(dy))
+    ty, tdx, tdw = torch_reference(x, w, dy, stride, pads, dilation, groups)
+    assert y.shape == ty.shape
+    for ours, theirs in ((y, ty), (dx, tdx), (dw, tdw)):
+        assert rel(ours, theirs) <= BOUND
+
+
+def test_unsupported_calls_are_refused_not_miscomputed():
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    pads = ((1, 1), (1, 1))
+    dn = dimension_numbers(x, w)
+    assert onednn.supports(x, w, pads, dimension_numbers=dn)
+    assert not onednn.supports(x.astype(jnp.bfloat16), w, pads, dimension_numbers=dn)
+    assert not onednn.supports(x, w, "SAME", dimension_numbers=dn)
+    assert not onednn.supports(x, w, pads, lhs_dilation=(2, 2), dimension_numbers=dn)
+    nchw = jax.lax.conv_dimension_numbers((2, 4, 8, 8), (4, 4, 3, 3), ("NCHW", "OIHW", "NCHW"))
+    assert not onednn.supports(
+        jnp.ones((2, 4, 8, 8)), jnp.ones((4, 4, 3, 3)), pads, dimension_numbers=nchw
+    )
+    with pytest.raises(ValueError, match="float32 NHWC/HWIO"):
+        onednn.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+
+def test_a_failing_kernel_raises_in_jax_with_its_name():
+    """An error inside the FFI handler reaches the caller (never a silently unwritten output)."""
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    geometry = dict(
+        n=2,
+        h=8,
+        w=8,
+        ci=4,
+        kh=3,
+        kw=3,
+        co=4,
+        oh=8,
+        ow=8,
+        sh=1,
+        sw=1,
+        pt=1,
+        pb=1,
+        pl=1,
+        pr=1,
+        dh=1,
+        dw=1,
+        groups=3,
+    )  # 4 channels in 3 groups
+    geometry = tuple(geometry[f] for f in onednn.FIELDS)
+    with pytest.raises(Exception, match="resnet_flax.onednn.fwd: RuntimeError: oneDNN"):
+        jax.block_until_ready(onednn._call("fwd", geometry, (2, 8, 8, 4), x, w))
+
+
+def test_threads_setting_is_checked(monkeypatch):
+    monkeypatch.setenv(onednn.THREADS_ENV, "3")
+    assert onednn.threads() == 3
+    monkeypatch.setenv(onednn.THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="RESNET_FLAX_ONEDNN_THREADS='many'"):
+        onednn.threads()
+
+
+def test_library_can_be_turned_off_or_pointed_elsewhere(monkeypatch):
+    onednn.library.cache_clear()
+    try:
+        monkeypatch.setenv(onednn.ENV, "0")
+        assert onednn.library() is None and not onednn.available()
+        onednn.library.cache_clear()
+        monkeypatch.setenv(onednn.ENV, "/nonexistent/libdnnl.so.3")
+        with pytest.raises(OSError, match="no oneDNN 3.x library there"):
+            onednn.library()
+    finally:
+        onednn.library.cache_clear()
+        monkeypatch.delenv(onednn.ENV)
+        assert onednn.available()
