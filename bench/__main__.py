@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from bench import contestants, loader
 from bench.timing import interleaved, median
-from resnet_flax import backend
+from resnet_flax import backend, onednn
 from train.data.augment import augment_cifar
 
 SECTIONS = ("train", "eval", "loader", "augment")
@@ -58,6 +58,7 @@ def machine() -> dict[str, Any]:
         "flax": flax.__version__,
         "pillow": PIL.__version__,
         "compiler_options": backend.compiler_options(),
+        "onednn": onednn.version(),  # None: the CPU convolutions are XLA's own
         "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
     }
     try:

@@ -3,10 +3,12 @@
 Every convolution in the package is made by :func:`conv` and every normalisation by
 :class:`BatchNorm`, so an implementation can be swapped in one place.
 
-Both take ``impl``: ``"plain"`` is the textbook formulation left to autodiff, ``"cpu"`` a
-formulation with a hand-written gradient that XLA:CPU runs faster, ``"auto"`` (the default)
-picks ``"cpu"`` when JAX's default backend is the CPU. The two agree to float32 round-off
-(``tests/test_layers.py`` checks both against torch's autograd).
+Both take ``impl``: ``"plain"`` is the textbook formulation left to autodiff, ``"cpu"`` what
+runs fastest on XLA:CPU, ``"auto"`` (the default) picks ``"cpu"`` when JAX's default backend is
+the CPU. For convs ``"cpu"`` means oneDNN's kernels (PyTorch's; :mod:`resnet_flax.onednn`) where
+they apply, else XLA's convolution with a chunked kernel gradient; for BatchNorm a hand-written
+gradient. Each agrees with torch's autograd to float32 round-off (``tests/test_layers.py``,
+``tests/test_onednn.py``).
 """
 
 from __future__ import annotations
@@ -61,9 +63,7 @@ def conv(
     asymmetrically and cannot take torchvision weights). ``padding=None`` means
     ``dilation * (kernel_size - 1) // 2``, torchvision's choice for every conv it makes.
 
-    ``impl="cpu"`` computes the kernel's gradient as a sum of convolutions over chunks of
-    :data:`WEIGHT_GRAD_CHUNK` images: XLA:CPU's weight-gradient convolution transposes the
-    whole batch of activations first, and on chunks that transpose stays in cache.
+    ``impl="cpu"`` runs float32 convs through oneDNN (:func:`cpu_conv`).
     """
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
@@ -93,7 +93,11 @@ def cpu_conv(lhs, rhs, window_strides, padding, **options):
 
 
 def chunked_weight_grad_conv(lhs, rhs, window_strides, padding, **options):
-    """``lax.conv_general_dilated`` whose gradient takes the kernel's part chunk by chunk."""
+    """``lax.conv_general_dilated`` whose gradient takes the kernel's part chunk by chunk.
+
+    XLA:CPU's weight-gradient convolution transposes the whole batch of activations first; on
+    chunks of :data:`WEIGHT_GRAD_CHUNK` images that transpose stays in cache.
+    """
     config = tuple(sorted(options.items()))
     return _chunked_conv(tuple(window_strides), tuple(map(tuple, padding)), config)(lhs, rhs)
 

@@ -64,13 +64,19 @@ def library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        lib.dnnl_version.restype = ctypes.POINTER(ctypes.c_int)
-        if lib.dnnl_version().contents.value == 3:
+        lib.dnnl_version.restype = ctypes.POINTER(ctypes.c_int * 3)  # major, minor, patch
+        if lib.dnnl_version().contents[0] == 3:
             _declare(lib)
             return lib
     if setting:
         raise OSError(f"{ENV}={setting!r}: no oneDNN 3.x library there; unset it or set it to 0")
     return None
+
+
+def version() -> str | None:
+    """The loaded oneDNN's version, ``"major.minor.patch"``, or ``None`` without one."""
+    lib = library()
+    return None if lib is None else ".".join(str(v) for v in lib.dnnl_version().contents[:3])
 
 
 def available() -> bool:
@@ -96,26 +102,10 @@ def _check(status: int, what: str) -> None:
 
 # One int64 vector per call describes the convolution; it is the custom call's only attribute
 # and the key of the primitive cache.
-FIELDS = (
-    "n",
-    "h",
-    "w",
-    "ci",
-    "kh",
-    "kw",
-    "co",
-    "oh",
-    "ow",
-    "sh",
-    "sw",
-    "pt",
-    "pb",
-    "pl",
-    "pr",
-    "dh",
-    "dw",
-    "groups",
-)
+# fmt: off
+FIELDS = ("n", "h", "w", "ci", "kh", "kw", "co", "oh", "ow",  # shapes, NHWC in and out
+          "sh", "sw", "pt", "pb", "pl", "pr", "dh", "dw", "groups")  # strides, padding, dilation
+# fmt: on
 
 
 def _nhwc(lib, n, c, h, w) -> _P:
@@ -156,8 +146,8 @@ class _Plan:
 
     def __init__(self, kind: str, g: dict, lib: ctypes.CDLL, engine: _P):
         self.lib, self.engine, self.kind = lib, engine, kind
-        self.steps: list[tuple[_P, list[tuple[int, _P]]]] = []
-        self.buffers: list[np.ndarray] = []  # keeps intermediate buffers alive
+        self.steps: list[tuple[_P, ctypes.Array]] = []  # (primitive, its arguments), in order
+        self.buffers: list[np.ndarray] = []  # reordered weights and scratchpads, kept alive
         attr = _P()
         _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attr")
         _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER), "attr")

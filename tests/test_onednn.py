@@ -147,4 +147,4 @@ def test_library_can_be_turned_off_or_pointed_elsewhere(monkeypatch):
     finally:
         onednn.library.cache_clear()
         monkeypatch.delenv(onednn.ENV)
-        assert onednn.available()
+        assert onednn.available() and onednn.version().startswith("3.")
