@@ -35,7 +35,13 @@ from resnet_flax import xla_ffi
 
 ENV = "RESNET_FLAX_ONEDNN"
 THREADS_ENV = "RESNET_FLAX_ONEDNN_THREADS"
-KINDS = ("fwd", "bwd_data", "bwd_weights")  # forward, input gradient, kernel gradient
+# Forward, input gradient, kernel gradient: each call's two operands and its result, in the
+# order XLA passes them, named as oneDNN's forward convolution names them.
+OPERANDS = {
+    "fwd": ("src", "w", "dst"),
+    "bwd_data": ("dst", "w", "src"),
+    "bwd_weights": ("src", "dst", "w"),
+}
 _P = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12
 
@@ -108,28 +114,11 @@ FIELDS = ("n", "h", "w", "ci", "kh", "kw", "co", "oh", "ow",  # shapes, NHWC in 
 # fmt: on
 
 
-def _nhwc(lib, n, c, h, w) -> _P:
+def _desc(lib: ctypes.CDLL, dims: Sequence[int], strides: Sequence[int] | None) -> _P:
+    """A float32 memory descriptor: the given strides, or ``None`` for format ``any`` (the
+    primitive picks its layout)."""
     md = _P()
-    strides = _Dims(h * w * c, 1, w * c, c)
-    _check(
-        lib.dnnl_memory_desc_create_with_strides(
-            ctypes.byref(md), 4, _Dims(n, c, h, w), _F32, strides
-        ),
-        "memory desc",
-    )
-    return md
-
-
-def _weights(lib, g: dict, any_format: bool) -> _P:
-    """The kernel as XLA lays it out (HWIO, ``O = group * co/groups + o``), or format ``any``."""
-    kh, kw, co, groups = g["kh"], g["kw"], g["co"], g["groups"]
-    cig, cog = g["ci"] // groups, co // groups
-    md = _P()
-    if groups == 1:
-        dims, strides = (co, cig, kh, kw), (1, co, kw * cig * co, cig * co)
-    else:
-        dims, strides = (groups, cog, cig, kh, kw), (cog, 1, co, kw * cig * co, cig * co)
-    if any_format:
+    if strides is None:
         status = lib.dnnl_memory_desc_create_with_tag(
             ctypes.byref(md), len(dims), _Dims(*dims), _F32, _FORMAT_ANY
         )
@@ -137,8 +126,24 @@ def _weights(lib, g: dict, any_format: bool) -> _P:
         status = lib.dnnl_memory_desc_create_with_strides(
             ctypes.byref(md), len(dims), _Dims(*dims), _F32, _Dims(*strides)
         )
-    _check(status, "weights memory desc")
+    _check(status, "memory descriptor")
     return md
+
+
+def _nhwc(lib: ctypes.CDLL, n: int, c: int, h: int, w: int) -> _P:
+    """Activations as XLA lays them out; oneDNN's dims are always ``(N, C, H, W)``."""
+    return _desc(lib, (n, c, h, w), (h * w * c, 1, w * c, c))
+
+
+def _weights(lib: ctypes.CDLL, g: dict, any_format: bool) -> _P:
+    """The kernel as XLA lays it out (HWIO, ``O = group * co/groups + o``), or format ``any``."""
+    kh, kw, co, groups = g["kh"], g["kw"], g["co"], g["groups"]
+    cig, cog = g["ci"] // groups, co // groups
+    if groups == 1:
+        dims, strides = (co, cig, kh, kw), (1, co, kw * cig * co, cig * co)
+    else:
+        dims, strides = (groups, cog, cig, kh, kw), (cog, 1, co, kw * cig * co, cig * co)
+    return _desc(lib, dims, None if any_format else strides)
 
 
 class _Plan:
@@ -183,7 +188,7 @@ class _Plan:
         }
         if kind == "fwd":
             pd = fwd
-            w = self._weights_in(pd, _Q_WEIGHTS, user_w)
+            w = self._weights_in(pd, user_w)
             self._add(pd, [(_SRC, self.io["src"]), (_WEIGHTS, w), (_DST, self.io["dst"])])
         elif kind == "bwd_data":
             pd = _P()
@@ -201,7 +206,7 @@ class _Plan:
                 ),
                 "convolution backward data",
             )
-            w = self._weights_in(pd, _Q_WEIGHTS, user_w)
+            w = self._weights_in(pd, user_w)
             self._add(pd, [(_DIFF_DST, self.io["dst"]), (_WEIGHTS, w), (_DIFF_SRC, self.io["src"])])
         else:
             pd = _P()
@@ -249,9 +254,9 @@ class _Plan:
         )
         return pd
 
-    def _weights_in(self, pd: _P, query: int, user_w: _P) -> _P:
+    def _weights_in(self, pd: _P, user_w: _P) -> _P:
         """The weights memory ``pd`` reads: the user's, or a reordered copy made each call."""
-        chosen = _P(self.lib.dnnl_primitive_desc_query_md(pd, query, 0))
+        chosen = _P(self.lib.dnnl_primitive_desc_query_md(pd, _Q_WEIGHTS, 0))
         if self.lib.dnnl_memory_desc_equal(chosen, user_w):
             return self.io["w"]
         w = self._memory(chosen, allocate=True)
@@ -305,13 +310,8 @@ class _Runtime:
         return local.plans[key]
 
     def run(self, kind: str, operands: list[int], results: list[int], geometry: tuple) -> None:
-        """One FFI call: ``kind``'s two operands and result, in the order XLA passes them."""
-        names = {
-            "fwd": ("src", "w", "dst"),
-            "bwd_data": ("dst", "w", "src"),
-            "bwd_weights": ("src", "dst", "w"),
-        }[kind]
-        pointers = dict(zip(names, [*operands, *results], strict=True))
+        """One FFI call of ``kind`` on XLA's buffers."""
+        pointers = dict(zip(OPERANDS[kind], [*operands, *results], strict=True))
         self.omp_set_num_threads(self.threads)
         self.plan(kind, geometry).run(self.local.stream, **pointers)
 
@@ -334,7 +334,7 @@ def _runtime() -> _Runtime:
     if lib is None:
         raise RuntimeError(f"oneDNN is not available ({ENV}={os.environ.get(ENV, '')!r})")
     runtime = _Runtime(lib, threads())
-    for kind in KINDS:
+    for kind in OPERANDS:
         xla_ffi.register(_target(kind), functools.partial(runtime.run, kind))
     return runtime
 
@@ -391,27 +391,9 @@ def conv_general_dilated(
     dh, dw = rhs_dilation or (1, 1)
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    geometry = (
-        n,
-        h,
-        w,
-        ci,
-        kh,
-        kw,
-        co,
-        oh,
-        ow,
-        sh,
-        sw,
-        pt,
-        pb,
-        pl,
-        pr,
-        dh,
-        dw,
-        feature_group_count,
-    )
-    return _conv(lhs, rhs, tuple(int(v) for v in geometry))
+    g = dict(n=n, h=h, w=w, ci=ci, kh=kh, kw=kw, co=co, oh=oh, ow=ow, sh=sh, sw=sw,
+             pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, groups=feature_group_count)  # fmt: skip
+    return _conv(lhs, rhs, tuple(int(g[field]) for field in FIELDS))
 
 
 def _call(kind: str, geometry: tuple[int, ...], shape: tuple[int, ...], a, b) -> jax.Array:

@@ -22,12 +22,13 @@ _ERROR_CREATE_SLOT = 6  # XLA_FFI_Error_Create's place (in pointers) in XLA_FFI_
 API_VERSION = (0, 1)  # the FFI API version the handlers are written against
 
 Target = Callable[[list[int], list[int], tuple[int, ...]], None]
+# Every XLA FFI struct that can be extended opens with its size and its first extension.
+_HEADER = [("struct_size", ctypes.c_size_t), ("ext", _P)]
 
 
 class _ApiVersion(ctypes.Structure):
     _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("ext", _P),
+        *_HEADER,
         ("major", ctypes.c_int),
         ("minor", ctypes.c_int),
     ]
@@ -52,8 +53,7 @@ class _MetadataExtension(ctypes.Structure):
 
 class _Buffer(ctypes.Structure):
     _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("ext", _P),
+        *_HEADER,
         ("dtype", ctypes.c_int),
         ("data", _P),
         ("rank", ctypes.c_int64),
@@ -63,8 +63,7 @@ class _Buffer(ctypes.Structure):
 
 class _Buffers(ctypes.Structure):  # XLA_FFI_Args and XLA_FFI_Rets
     _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("ext", _P),
+        *_HEADER,
         ("size", ctypes.c_int64),
         ("types", _P),
         ("items", ctypes.POINTER(ctypes.POINTER(_Buffer))),
@@ -81,8 +80,7 @@ class _Array(ctypes.Structure):
 
 class _Attrs(ctypes.Structure):
     _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("ext", _P),
+        *_HEADER,
         ("size", ctypes.c_int64),
         ("types", _P),
         ("names", _P),
@@ -106,8 +104,7 @@ class _CallFrame(ctypes.Structure):
 
 class _ErrorArgs(ctypes.Structure):
     _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("ext", _P),
+        *_HEADER,
         ("message", ctypes.c_char_p),
         ("errc", ctypes.c_int),
     ]
