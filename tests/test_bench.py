@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from resnet_flax import backend
+
 pytest.importorskip("torch", reason="the suite's PyTorch peers need torch")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert {("loader", "ours"), ("loader", "torch")} <= seen
     assert {("augment", "augment"), ("augment", "train_step")} <= seen
     assert all(r["value"] > 0 for r in results["records"])
-    assert results["machine"]["compiler_options"] == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert results["machine"]["compiler_options"] == backend.compiler_options("cpu")
 
 
 def test_bench_rejects_an_unknown_section():
