@@ -185,6 +185,24 @@ def augment_line(records: list[dict[str, Any]]) -> str:
     )
 
 
+def round_lines(records: list[dict[str, Any]]) -> list[str]:
+    """How the ours / PyTorch ratio spreads over the rounds (each round runs both back to
+    back, so a round's ratio sees one machine state): its range and how often ours won."""
+    seconds = {(r["section"], r["shape"], r["contestant"]): r.get("seconds") for r in records}
+    lines = []
+    for (section, shape, who), ours in seconds.items():
+        peer = seconds.get((section, shape, "torch"))
+        if who != "ours" or not ours or not peer:
+            continue
+        ratios = sorted(theirs / mine for mine, theirs in zip(ours, peer, strict=True))
+        wins = sum(ratio > 1 for ratio in ratios)
+        lines.append(
+            f"{section} {shape}: ours / PyTorch per round {ratios[0]:.2f}-{ratios[-1]:.2f}x "
+            f"(median {median(ratios):.2f}x); ours faster in {wins} of {len(ratios)} rounds"
+        )
+    return lines
+
+
 def _ratio(ours: dict | None, peer: dict | None, inverse: bool) -> str:
     if not (ours and peer):
         return ""
@@ -216,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(table(records))
     print(augment_line(records))
+    print("\n".join(round_lines(records)))
     print(f"[bench] wrote {args.out} ({out['wall_s']:.0f} s)")
     return 0
 

@@ -24,6 +24,7 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| train step, img/s | resnet18_cifar b4 32px |" in done.stdout
+    assert "train resnet18_cifar b4 32px: ours / PyTorch per round" in done.stdout
     results = json.loads(out.read_text())
     seen = {(r["section"], r["contestant"]) for r in results["records"]}
     for section in ("train", "eval"):
@@ -42,3 +43,19 @@ def test_bench_rejects_an_unknown_section():
     )  # fmt: skip
     assert done.returncode == 2
     assert "unknown section(s) ['trian']" in done.stderr
+
+
+def test_round_lines_count_the_rounds_ours_won():
+    from bench.__main__ import round_lines
+
+    shape = "m b1 8px"
+    records = [
+        {"section": "train", "shape": shape, "contestant": "ours", "seconds": [1.0, 2.0, 1.0]},
+        {"section": "train", "shape": shape, "contestant": "torch", "seconds": [1.1, 1.0, 1.3]},
+        {"section": "train", "shape": shape, "contestant": "flax", "seconds": [3.0, 3.0, 3.0]},
+        {"section": "compile", "shape": shape, "contestant": "ours", "value": 1.0},
+    ]
+    assert round_lines(records) == [
+        f"train {shape}: ours / PyTorch per round 0.50-1.30x (median 1.10x); "
+        "ours faster in 2 of 3 rounds"
+    ]
