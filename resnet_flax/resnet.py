@@ -194,7 +194,7 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = conv(self.stem_width, 7, 2, 3, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x, train))
-            x = max_pool(x, 3, 2, 1)
+            x = max_pool(x, 3, 2, 1, impl=self.impl)
         else:
             x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             if not preact:

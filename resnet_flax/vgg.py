@@ -59,7 +59,7 @@ class VGG(nn.Module):
         index = 0  # torchvision's index in ``features``: conv, [bn], relu and pool each count
         for v in self.cfg:
             if v == "M":
-                x = max_pool(x, 2, 2, 0)
+                x = max_pool(x, 2, 2, 0, impl=self.impl)
                 index += 1
                 continue
             x = conv(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnet_flax import backend, onednn
-from resnet_flax.layers import WEIGHT_GRAD_CHUNK, BatchNorm, conv
+from resnet_flax.layers import WEIGHT_GRAD_CHUNK, BatchNorm, conv, max_pool
 
 SHAPE = (8, 6, 5, 16)  # NHWC
 BOUND = 1e-6  # measured worst relative error against torch, either impl: 3.3e-7 (dscale)
@@ -154,3 +154,22 @@ def test_compiler_options_keep_the_numbers():
     plain = backend.jit(jax.value_and_grad(f, argnums=(0, 1)), plain=True)(x, w)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
         assert rel(a, b) <= 1e-6
+
+
+@pytest.mark.parametrize("impl", ["plain", "cpu"])
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pool_value_and_gradient_match_torch_with_ties(kernel, stride, padding, impl):
+    """Small integers after a ReLU make most windows hold tied maxima (many all-zero): the
+    gradient must go to the first one, as torch's does, with either formulation."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(kernel * 10 + padding)
+    x = np.maximum(rng.integers(-3, 3, (3, 11, 10, 5)), 0).astype(np.float32)
+    pool = jax.jit(lambda x: max_pool(x, kernel, stride, padding, impl=impl))
+    y, vjp = jax.vjp(pool, jnp.asarray(x))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,) = vjp(jnp.asarray(dy))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding)
+    ty.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_array_equal(np.asarray(y), ty.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(dx), tx.grad.numpy().transpose(0, 2, 3, 1))
