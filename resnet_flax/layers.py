@@ -3,12 +3,12 @@
 Every convolution in the package is made by :func:`conv` and every normalisation by
 :class:`BatchNorm`, so an implementation can be swapped in one place.
 
-Both take ``impl``: ``"plain"`` is the textbook formulation left to autodiff, ``"cpu"`` what
-runs fastest on XLA:CPU, ``"auto"`` (the default) picks ``"cpu"`` when JAX's default backend is
-the CPU. For convs ``"cpu"`` means oneDNN's kernels (PyTorch's; :mod:`resnet_flax.onednn`) where
-they apply, else XLA's convolution with a chunked kernel gradient; for BatchNorm a hand-written
-gradient. Each agrees with torch's autograd to float32 round-off (``tests/test_layers.py``,
-``tests/test_onednn.py``).
+They and :func:`max_pool` take ``impl``: ``"plain"`` is the textbook formulation left to
+autodiff, ``"cpu"`` what runs fastest on XLA:CPU, ``"auto"`` (the default) picks ``"cpu"`` when
+JAX's default backend is the CPU. For convs ``"cpu"`` means oneDNN's kernels (PyTorch's;
+:mod:`resnet_flax.onednn`) where they apply, else XLA's convolution with a chunked kernel
+gradient; for BatchNorm and max pooling a hand-written gradient. Each agrees with torch's
+autograd to float32 round-off (``tests/test_layers.py``, ``tests/test_onednn.py``).
 """
 
 from __future__ import annotations

@@ -158,8 +158,9 @@ class ResNet(nn.Module):
       (option A, He et al. 2016 section 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
-    - ``impl``: ``"plain"`` or ``"cpu"`` formulations of conv and BatchNorm gradients, or
-      ``"auto"`` (see :mod:`resnet_flax.layers`); the numbers are the same either way.
+    - ``impl``: ``"plain"`` or ``"cpu"`` formulations of conv, BatchNorm and max-pool
+      gradients, or ``"auto"`` (see :mod:`resnet_flax.layers`); the numbers are the same
+      either way.
 
     Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
     ``intermediates`` collection (see :func:`resnet_flax.extract_features`).
