@@ -1,9 +1,9 @@
-"""The CPU paths behind the one conv factory and the one norm, and the compiler settings:
-the same numbers as the plain formulations.
+"""The CPU paths behind the one conv factory, the one norm and max pooling, and the compiler
+settings: the same numbers as the plain formulations.
 
 ``impl="cpu"`` (the default on the CPU) runs convs through oneDNN (or, without it, XLA with a
-chunked kernel gradient) and gives BatchNorm a hand-written gradient, so each is checked
-against torch's autograd, next to the textbook ``impl="plain"``.
+chunked kernel gradient) and gives BatchNorm and max pooling hand-written gradients, so each
+is checked against torch's autograd, next to the textbook ``impl="plain"``.
 """
 
 from __future__ import annotations
