@@ -35,8 +35,9 @@ from resnet_flax import xla_ffi
 
 ENV = "RESNET_FLAX_ONEDNN"
 THREADS_ENV = "RESNET_FLAX_ONEDNN_THREADS"
-# Forward, input gradient, kernel gradient: each call's two operands and its result, in the
-# order XLA passes them, named as oneDNN's forward convolution names them.
+# Forward, input gradient, kernel gradient: each call's operands and its result, in the order
+# XLA passes them, named as oneDNN's forward convolution names them. A forward call with post-ops
+# (:func:`conv_forward`) also takes the bias and, for a sum, the buffer it adds to in place.
 OPERANDS = {
     "fwd": ("src", "w", "dst"),
     "bwd_data": ("dst", "w", "src"),
@@ -46,11 +47,11 @@ _P = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12
 
 # oneDNN 3.x C API constants (dnnl_types.h).
-_F32, _FORMAT_ANY, _CPU = 3, 1, 1
+_F32, _FORMAT_ANY, _CPU, _ELTWISE_RELU = 3, 1, 1, 0x20
 _FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
 _CONVOLUTION_DIRECT, _SCRATCHPAD_USER, _IN_ORDER = 1, 1, 1
 _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_SCRATCHPAD = 131, 132, 136
-_SRC, _DST, _WEIGHTS, _SCRATCHPAD = 1, 17, 33, 80
+_SRC, _DST, _WEIGHTS, _BIAS, _SCRATCHPAD = 1, 17, 33, 41, 80
 _DIFF_SRC, _DIFF_DST, _DIFF_WEIGHTS = 129, 145, 161
 
 
@@ -107,10 +108,12 @@ def _check(status: int, what: str) -> None:
 # --- Geometry ---------------------------------------------------------------------------------
 
 # One int64 vector per call describes the convolution; it is the custom call's only attribute
-# and the key of the primitive cache.
+# and the key of the primitive cache. The last three are the forward's post-ops (0 or 1 each):
+# add a bias, add the output buffer's previous contents (a residual, in place), apply ReLU.
 # fmt: off
 FIELDS = ("n", "h", "w", "ci", "kh", "kw", "co", "oh", "ow",  # shapes, NHWC in and out
-          "sh", "sw", "pt", "pb", "pl", "pr", "dh", "dw", "groups")  # strides, padding, dilation
+          "sh", "sw", "pt", "pb", "pl", "pr", "dh", "dw", "groups",  # strides, padding, dilation
+          "bias", "sum", "relu")  # forward post-ops
 # fmt: on
 
 
@@ -156,8 +159,11 @@ class _Plan:
         attr = _P()
         _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attr")
         _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER), "attr")
+        if g["sum"] or g["relu"]:
+            _check(lib.dnnl_primitive_attr_set_post_ops(attr, _post_ops(lib, g)), "post-ops")
         src = _nhwc(lib, g["n"], g["ci"], g["h"], g["w"])
         dst = _nhwc(lib, g["n"], g["co"], g["oh"], g["ow"])
+        bias = _desc(lib, (g["co"],), (1,)) if g["bias"] else None
         user_w, any_w = _weights(lib, g, False), _weights(lib, g, True)
         geometry = (
             _Dims(g["sh"], g["sw"]),
@@ -175,7 +181,7 @@ class _Plan:
                 _CONVOLUTION_DIRECT,
                 src,
                 any_w,
-                None,
+                bias,
                 dst,
                 *geometry,
                 attr,
@@ -183,13 +189,13 @@ class _Plan:
             "convolution forward",
         )
         # Memory objects start without data; each call points them at XLA's buffers.
-        self.io = {
-            name: self._memory(md) for name, md in (("src", src), ("dst", dst), ("w", user_w))
-        }
+        mds = {"src": src, "dst": dst, "w": user_w} | ({"bias": bias} if bias else {})
+        self.io = {name: self._memory(md) for name, md in mds.items()}
         if kind == "fwd":
             pd = fwd
             w = self._weights_in(pd, user_w)
-            self._add(pd, [(_SRC, self.io["src"]), (_WEIGHTS, w), (_DST, self.io["dst"])])
+            args = [(_SRC, self.io["src"]), (_WEIGHTS, w), (_DST, self.io["dst"])]
+            self._add(pd, args + ([(_BIAS, self.io["bias"])] if bias else []))
         elif kind == "bwd_data":
             pd = _P()
             _check(
@@ -273,13 +279,29 @@ class _Plan:
         packed = (_ExecArg * len(args))(*[_ExecArg(arg, mem) for arg, mem in args])
         self.steps.append((primitive, packed))
 
-    def run(self, stream: _P, src: int, w: int, dst: int) -> None:
+    def run(self, stream: _P, pointers: dict[str, int]) -> None:
+        """Run on XLA's buffers: ``pointers`` maps ``src``, ``w``, ``dst`` (and ``bias``) to
+        their data."""
         lib = self.lib
-        for name, ptr in (("src", src), ("w", w), ("dst", dst)):
-            _check(lib.dnnl_memory_set_data_handle(self.io[name], _P(ptr)), "set data handle")
+        for name, memory in self.io.items():
+            _check(lib.dnnl_memory_set_data_handle(memory, _P(pointers[name])), "set data handle")
         for primitive, args in self.steps:
             _check(lib.dnnl_primitive_execute(primitive, stream, len(args), args), "execute")
         _check(lib.dnnl_stream_wait(stream), "stream wait")
+
+
+def _post_ops(lib: ctypes.CDLL, g: dict) -> _P:
+    """The forward's post-ops, applied in this order after the bias: sum, ReLU."""
+    post_ops = _P()
+    _check(lib.dnnl_post_ops_create(ctypes.byref(post_ops)), "post-ops")
+    if g["sum"]:  # dst = conv + bias + dst, in float32 (data type undef: dst's own)
+        _check(lib.dnnl_post_ops_append_sum(post_ops, ctypes.c_float(1.0), 0, 0), "sum post-op")
+    if g["relu"]:
+        status = lib.dnnl_post_ops_append_eltwise(
+            post_ops, _ELTWISE_RELU, ctypes.c_float(0.0), ctypes.c_float(0.0)
+        )
+        _check(status, "ReLU post-op")
+    return post_ops
 
 
 # --- Runtime: engine, per-thread streams and plans, FFI handlers -------------------------------
@@ -311,9 +333,18 @@ class _Runtime:
 
     def run(self, kind: str, operands: list[int], results: list[int], geometry: tuple) -> None:
         """One FFI call of ``kind`` on XLA's buffers."""
-        pointers = dict(zip(OPERANDS[kind], [*operands, *results], strict=True))
+        g = dict(zip(FIELDS, geometry, strict=True))
+        names = _operand_names(kind, g)
+        pointers = dict(zip(names, [*operands, *results], strict=True))
         self.omp_set_num_threads(self.threads)
-        self.plan(kind, geometry).run(self.local.stream, **pointers)
+        self.plan(kind, geometry).run(self.local.stream, pointers)
+
+
+def _operand_names(kind: str, g: dict) -> tuple[str, ...]:
+    """The call's operands then its result; a sum's residual is the result's buffer (aliased)."""
+    *operands, result = OPERANDS[kind]
+    extra = ("bias",) * g["bias"] + ("residual",) * g["sum"]
+    return (*operands, *extra, result)
 
 
 def threads() -> int:
@@ -335,11 +366,12 @@ def _runtime() -> _Runtime:
         raise RuntimeError(f"oneDNN is not available ({ENV}={os.environ.get(ENV, '')!r})")
     runtime = _Runtime(lib, threads())
     for kind in OPERANDS:
-        xla_ffi.register(_target(kind), functools.partial(runtime.run, kind))
+        xla_ffi.register(target(kind), functools.partial(runtime.run, kind))
     return runtime
 
 
-def _target(kind: str) -> str:
+def target(kind: str) -> str:
+    """The FFI target name of ``kind`` (a key of :data:`OPERANDS`)."""
     return f"resnet_flax.onednn.{kind}"
 
 
@@ -384,27 +416,93 @@ def conv_general_dilated(
             f"{lhs.dtype}{lhs.shape} * {rhs.dtype}{rhs.shape}, padding {padding}, {options}; "
             "use jax.lax.conv_general_dilated for this one"
         )
-    n, h, w, ci = lhs.shape
-    kh, kw, _, co = rhs.shape
+    geometry = _geometry(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation,
+                         feature_group_count)  # fmt: skip
+    return _conv(lhs, rhs, geometry)
+
+
+def conv_forward(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    bias: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    *,
+    residual: jax.Array | None = None,
+    relu: bool = False,
+    rhs_dilation: Sequence[int] | None = None,
+    feature_group_count: int = 1,
+) -> jax.Array:
+    """``relu(conv(lhs, rhs) + bias + residual)`` as one oneDNN call, for inference.
+
+    The bias, the residual sum and the ReLU are oneDNN post-ops, applied to each output block
+    while it is still in registers; the residual's buffer becomes the output (XLA copies it
+    first if it is used again). Same float32 operations, in the same order, as the separate
+    ``conv``, ``+ bias``, ``+ residual``, ``max(0, .)``. Not differentiable: the forward
+    only, for the folded eval path (:mod:`resnet_flax.postops`).
+    """
+    layout = {"dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+    if not supports(lhs, rhs, padding, **layout) or bias.shape != (rhs.shape[-1],):
+        raise ValueError(
+            f"oneDNN convolution needs float32 NHWC/HWIO inputs with explicit padding and a "
+            f"bias per output channel, got {lhs.dtype}{lhs.shape} * {rhs.dtype}{rhs.shape}, "
+            f"bias {bias.shape}, padding {padding}"
+        )
+    geometry = _geometry(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation,
+                         feature_group_count)  # fmt: skip
+    return forward_with_post_ops(geometry, lhs, rhs, bias, residual, relu)
+
+
+def forward_with_post_ops(
+    geometry: Sequence[int],
+    x: jax.Array,
+    w: jax.Array,
+    bias: jax.Array,
+    residual: jax.Array | None = None,
+    relu: bool = False,
+) -> jax.Array:
+    """:func:`conv_forward` for a convolution given by its attribute vector (:data:`FIELDS`),
+    as a traced forward call carries it."""
+    g = dict(zip(FIELDS, geometry, strict=True))
+    g |= {"bias": 1, "sum": int(residual is not None), "relu": int(relu)}
+    shape = (g["n"], g["oh"], g["ow"], g["co"])
+    if residual is not None and residual.shape != shape:
+        raise ValueError(f"residual of shape {residual.shape} for a conv output of {shape}")
+    geometry = tuple(g[field] for field in FIELDS)
+    operands = [x, w, bias.astype(jnp.float32)]
+    if residual is None:
+        return _call("fwd", geometry, shape, *operands)
+    return _call("fwd", geometry, shape, *operands, residual.astype(jnp.float32), aliases={3: 0})
+
+
+def _geometry(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups, **post):
+    """The call's attribute vector (:data:`FIELDS`)."""
+    n, h, w, ci = lhs_shape
+    kh, kw, _, co = rhs_shape
     sh, sw = window_strides
     (pt, pb), (pl, pr) = padding
     dh, dw = rhs_dilation or (1, 1)
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     g = dict(n=n, h=h, w=w, ci=ci, kh=kh, kw=kw, co=co, oh=oh, ow=ow, sh=sh, sw=sw,
-             pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, groups=feature_group_count)  # fmt: skip
-    return _conv(lhs, rhs, tuple(int(g[field]) for field in FIELDS))
+             pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, groups=groups)  # fmt: skip
+    g |= {"bias": 0, "sum": 0, "relu": 0} | post
+    return tuple(int(g[field]) for field in FIELDS)
 
 
-def _call(kind: str, geometry: tuple[int, ...], shape: tuple[int, ...], a, b) -> jax.Array:
+def _call(
+    kind: str, geometry: tuple[int, ...], shape: tuple[int, ...], *operands, aliases=None
+) -> jax.Array:
     _runtime()
     # Inside shard_map the result varies over the mesh axes its operands vary over.
-    aval = jax.typeof(a)
+    aval = jax.typeof(operands[0])
     out = jax.ShapeDtypeStruct(
         shape, jnp.float32, sharding=aval.sharding, manual_axis_type=aval.manual_axis_type
     )
-    call = jax.ffi.ffi_call(_target(kind), out, vmap_method="sequential")
-    return call(a, b, geometry=np.asarray(geometry, np.int64))
+    call = jax.ffi.ffi_call(
+        target(kind), out, vmap_method="sequential", input_output_aliases=aliases
+    )
+    return call(*operands, geometry=np.asarray(geometry, np.int64))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -102,29 +102,42 @@ def test_unsupported_calls_are_refused_not_miscomputed():
 def test_a_failing_kernel_raises_in_jax_with_its_name():
     """An error inside the FFI handler reaches the caller (never a silently unwritten output)."""
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
-    geometry = dict(
-        n=2,
-        h=8,
-        w=8,
-        ci=4,
-        kh=3,
-        kw=3,
-        co=4,
-        oh=8,
-        ow=8,
-        sh=1,
-        sw=1,
-        pt=1,
-        pb=1,
-        pl=1,
-        pr=1,
-        dh=1,
-        dw=1,
-        groups=3,
-    )  # 4 channels in 3 groups
-    geometry = tuple(geometry[f] for f in onednn.FIELDS)
+    geometry = onednn._geometry(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), None, 3)  # 4 in 3
     with pytest.raises(Exception, match="resnet_flax.onednn.fwd: RuntimeError: oneDNN"):
         jax.block_until_ready(onednn._call("fwd", geometry, (2, 8, 8, 4), x, w))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_post_ops_are_the_separate_operations_to_the_bit(residual, relu):
+    """conv + bias [+ residual] [ReLU] in one call equals the conv, then XLA's adds and max."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 9, 9, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)) * 0.1, jnp.float32)
+    b = jnp.asarray(rng.standard_normal(32), jnp.float32)
+    r = jnp.asarray(rng.standard_normal((3, 5, 5, 32)), jnp.float32) if residual else None
+    pads = ((1, 1), (1, 1))
+
+    def fused(x, w, b, r):
+        return onednn.conv_forward(x, w, b, (2, 2), pads, residual=r, relu=relu)
+
+    def separate(x, w, b, r):
+        y = onednn.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=DN) + b
+        y = y if r is None else y + r
+        return jnp.maximum(y, 0) if relu else y
+
+    want = jax.jit(separate)(x, w, b, r)
+    np.testing.assert_array_equal(jax.jit(fused)(x, w, b, r), want)
+    if residual:  # the residual's buffer is taken for the output only when nothing else needs it
+        both = jax.jit(lambda x, w, b, r: (fused(x, w, b, r), r * 2))(x, w, b, r)
+        np.testing.assert_array_equal(both[0], want)
+        np.testing.assert_array_equal(both[1], r * 2)
+
+
+def test_post_ops_refuse_a_residual_of_another_shape():
+    x, w, b = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)), jnp.ones(4)
+    with pytest.raises(ValueError, match=r"residual of shape \(2, 4, 4, 4\)"):
+        onednn.conv_forward(x, w, b, (1, 1), ((1, 1), (1, 1)), residual=jnp.ones((2, 4, 4, 4)))
 
 
 def test_threads_setting_is_checked(monkeypatch):
