@@ -20,6 +20,7 @@ needs no more); use ``impl="plain"`` convs for higher-order gradients.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
@@ -367,7 +368,17 @@ def _runtime() -> _Runtime:
     runtime = _Runtime(lib, threads())
     for kind in OPERANDS:
         xla_ffi.register(target(kind), functools.partial(runtime.run, kind))
+    atexit.register(_finish_dispatched_work)
     return runtime
+
+
+def _finish_dispatched_work() -> None:
+    """At exit, wait for the programs still running: their oneDNN calls are Python callbacks,
+    which cannot run once the interpreter has begun shutting down (the process would hang).
+    A CPU device runs programs in the order they were dispatched, so one more, awaited on each
+    device, comes after them all."""
+    for device in jax.local_devices(backend="cpu"):
+        jax.block_until_ready(jax.device_put(np.float32(0), device) + 1)
 
 
 def target(kind: str) -> str:

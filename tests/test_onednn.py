@@ -3,6 +3,9 @@ float64 autograd, in every geometry the models use and the odd ones they might."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,6 +141,25 @@ def test_post_ops_refuse_a_residual_of_another_shape():
     x, w, b = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)), jnp.ones(4)
     with pytest.raises(ValueError, match=r"residual of shape \(2, 4, 4, 4\)"):
         onednn.conv_forward(x, w, b, (1, 1), ((1, 1), (1, 1)), residual=jnp.ones((2, 4, 4, 4)))
+
+
+def test_a_script_exits_with_a_program_still_running(tmp_path):
+    """The oneDNN calls are Python callbacks; a program still running when the interpreter
+    shuts down used to hang the process (its result dropped, so nothing waited for it)."""
+    script = tmp_path / "dropped.py"
+    script.write_text(
+        "import jax, jax.numpy as jnp\n"
+        "from resnet_flax import create_model, fold_batch_norm\n"
+        "model = create_model('resnet18', num_classes=10)\n"
+        "x = jnp.zeros((8, 64, 64, 3))\n"
+        "variables = model.init(jax.random.key(0), x[:1])\n"
+        "print(fold_batch_norm(model, variables, x.shape)(x).shape)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(8, 10)" in done.stdout
 
 
 def test_threads_setting_is_checked(monkeypatch):
