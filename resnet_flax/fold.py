@@ -11,6 +11,7 @@ BatchNorm not fed by a conv (pre-activation nets) stays as it is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from flax.core import unfreeze
 
 from resnet_flax import backend
 from resnet_flax.layers import BatchNorm, affine_coefficients
+from resnet_flax.postops import fuse_post_ops
 
 Path = tuple[str, ...]
 
@@ -56,7 +58,7 @@ def fold_variables(variables: Any, pairs: dict[Path, tuple[Path, float]]) -> tup
     A conv that has a bias of its own (VGG's) takes the folded bias in its place.
     """
     params = unfreeze(variables["params"])
-    stats = variables["batch_stats"]
+    stats = variables.get("batch_stats", {})  # none in a model without BatchNorm
     biases = {}
     for conv_path, (norm_path, epsilon) in pairs.items():
         conv, norm, stat = _at(params, conv_path), _at(params, norm_path), _at(stats, norm_path)
@@ -72,17 +74,22 @@ def fold_variables(variables: Any, pairs: dict[Path, tuple[Path, float]]) -> tup
 
 
 def fold_batch_norm(
-    model: nn.Module, variables: Any, image_shape: tuple[int, ...] = (1, 224, 224, 3)
+    model: nn.Module,
+    variables: Any,
+    image_shape: tuple[int, ...] = (1, 224, 224, 3),
+    post_ops: bool = True,
 ) -> Callable[[jax.Array], jax.Array]:
     """``predict(images) -> logits``: eval mode with BatchNorm folded into the convs.
 
     ``image_shape`` is any input shape the model takes, used once to find the pairs; the
-    returned function is jitted and compiles once per input shape.
+    returned function is jitted and compiles once per input shape. With ``post_ops`` each
+    oneDNN conv also applies the bias, residual sum and ReLU that follow it
+    (:mod:`resnet_flax.postops`; the same numbers either way).
     """
     pairs = conv_norm_pairs(model, variables, image_shape)
     folded_norms = {norm_path for norm_path, _ in pairs.values()}
     params, biases = fold_variables(variables, pairs)
-    folded = {"params": params, "batch_stats": variables["batch_stats"]}
+    folded = {**variables, "params": params}
 
     def forward(v, bias, images):
         def interceptor(next_fun, args, kwargs, context):
@@ -98,8 +105,8 @@ def fold_batch_norm(
         with nn.intercept_methods(interceptor):
             return model.apply(v, images, train=False)
 
-    jitted = backend.jit(forward)
-    return lambda images: jitted(folded, biases, images)
+    jitted = backend.jit(fuse_post_ops(forward) if post_ops else forward)
+    return functools.partial(jitted, folded, biases)
 
 
 def _at(tree: dict, path: Path) -> dict:
