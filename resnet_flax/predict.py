@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from resnet_flax import backend
 from resnet_flax.convert import load_torchvision
+from resnet_flax.fold import fold_batch_norm
 from resnet_flax.preprocess import PRESETS, imagenet_classes
 from resnet_flax.preprocess import preprocess as preprocess_images
 from resnet_flax.weights import WeightsInfo, identify
@@ -52,12 +52,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def top_classes(
     model: nn.Module, variables: dict, batch: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most probable classes of every image in ``batch``: (probabilities, indices)."""
-    forward = backend.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    """The ``k`` most probable classes of every image in ``batch``: (probabilities, indices).
+
+    Runs the eval forward with BatchNorm folded into the convolutions (:func:`fold_batch_norm`).
+    """
+    logits = fold_batch_norm(model, variables, batch[:BATCH_SIZE].shape)
     chunks = range(0, len(batch), BATCH_SIZE)
     probs = np.concatenate(
         [
-            np.asarray(forward(variables, batch[i : i + BATCH_SIZE]))
+            np.asarray(jax.nn.softmax(logits(batch[i : i + BATCH_SIZE])))
             for i in tqdm(chunks, desc="classifying", unit="batch", disable=len(chunks) < 2)
         ]
     )
