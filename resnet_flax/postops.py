@@ -35,7 +35,7 @@ class Fusion:
     w: Var
     geometry: tuple[int, ...]
     bias: Var
-    residual: Var | Literal | None
+    residual: Var | None
     relu: bool
     eqns: tuple[int, ...]  # indices of the conv, bias add, [residual add], [ReLU]
 
@@ -70,7 +70,7 @@ def evaluate(closed: ClosedJaxpr, args: Sequence[Any]) -> list[Any]:
             continue
         if i in fusions:
             f = fusions[i]
-            residual = None if f.residual is None else read(f.residual)
+            residual = None if f.residual is None else env[f.residual]
             out = onednn.forward_with_post_ops(
                 f.geometry, read(f.x), read(f.w), read(f.bias), residual, f.relu
             )
@@ -167,7 +167,7 @@ def _bias(eqn: JaxprEqn, value: Var, eqns: list[JaxprEqn], producer: dict) -> Va
     return vector if ok and isinstance(vector, Var) else None
 
 
-def _other_addend(eqn: JaxprEqn, value: Var, same_shape: bool = True) -> Var | Literal | None:
+def _other_addend(eqn: JaxprEqn, value: Var, same_shape: bool = True) -> Var | None:
     """The operand ``eqn`` adds to ``value`` (of ``value``'s type when ``same_shape``)."""
     if eqn.primitive.name != "add" or eqn.outvars[0].aval != value.aval:
         return None

@@ -130,7 +130,7 @@ def test_conv_gradients_match_torch(impl, kernel, stride, groups, dilation, monk
     pad = dilation * (kernel - 1) // 2
     tconv = torch.nn.Conv2d(8, 12, kernel, stride, pad, dilation, groups, bias=False)
     with torch.no_grad():
-        tconv.weight.copy_(torch.from_numpy(np.asarray(params["kernel"]).transpose(3, 2, 0, 1)))
+        tconv.weight.copy_(torch.from_numpy(np.array(params["kernel"]).transpose(3, 2, 0, 1)))
     tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
     tconv(tx).backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
     assert rel(dx, tx.grad.numpy().transpose(0, 2, 3, 1)) <= CONV_BOUND
