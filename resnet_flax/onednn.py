@@ -486,8 +486,15 @@ def forward_with_post_ops(
     return _call("fwd", geometry, shape, *operands, residual.astype(jnp.float32), aliases={3: 0})
 
 
-def _geometry(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups, **post):
-    """The call's attribute vector (:data:`FIELDS`)."""
+def _geometry(
+    lhs_shape: Sequence[int],
+    rhs_shape: Sequence[int],
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int] | None,
+    groups: int,
+) -> tuple[int, ...]:
+    """The call's attribute vector (:data:`FIELDS`), without post-ops."""
     n, h, w, ci = lhs_shape
     kh, kw, _, co = rhs_shape
     sh, sw = window_strides
@@ -497,7 +504,7 @@ def _geometry(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, group
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     g = dict(n=n, h=h, w=w, ci=ci, kh=kh, kw=kw, co=co, oh=oh, ow=ow, sh=sh, sw=sw,
              pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, groups=groups)  # fmt: skip
-    g |= {"bias": 0, "sum": 0, "relu": 0} | post
+    g |= {"bias": 0, "sum": 0, "relu": 0}
     return tuple(int(g[field]) for field in FIELDS)
 
 
