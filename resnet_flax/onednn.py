@@ -155,13 +155,16 @@ class _Plan:
 
     def __init__(self, kind: str, g: dict, lib: ctypes.CDLL, engine: _P):
         self.lib, self.engine, self.kind = lib, engine, kind
+        self.operands = _operand_names(kind, g)  # the names of an FFI call's buffers, in order
         self.steps: list[tuple[_P, ctypes.Array]] = []  # (primitive, its arguments), in order
         self.buffers: list[np.ndarray] = []  # reordered weights and scratchpads, kept alive
         attr = _P()
         _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attr")
         _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER), "attr")
         if g["sum"] or g["relu"]:
-            _check(lib.dnnl_primitive_attr_set_post_ops(attr, _post_ops(lib, g)), "post-ops")
+            post_ops = _post_ops(lib, g)
+            _check(lib.dnnl_primitive_attr_set_post_ops(attr, post_ops), "post-ops")
+            _check(lib.dnnl_post_ops_destroy(post_ops), "post-ops")  # attr keeps a copy
         src = _nhwc(lib, g["n"], g["ci"], g["h"], g["w"])
         dst = _nhwc(lib, g["n"], g["co"], g["oh"], g["ow"])
         bias = _desc(lib, (g["co"],), (1,)) if g["bias"] else None
@@ -334,11 +337,10 @@ class _Runtime:
 
     def run(self, kind: str, operands: list[int], results: list[int], geometry: tuple) -> None:
         """One FFI call of ``kind`` on XLA's buffers."""
-        g = dict(zip(FIELDS, geometry, strict=True))
-        names = _operand_names(kind, g)
-        pointers = dict(zip(names, [*operands, *results], strict=True))
+        plan = self.plan(kind, geometry)
+        pointers = dict(zip(plan.operands, [*operands, *results], strict=True))
         self.omp_set_num_threads(self.threads)
-        self.plan(kind, geometry).run(self.local.stream, pointers)
+        plan.run(self.local.stream, pointers)
 
 
 def _operand_names(kind: str, g: dict) -> tuple[str, ...]:

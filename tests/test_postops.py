@@ -25,9 +25,9 @@ def forward_calls(predict, x) -> collections.Counter:
             if eqn.primitive.name == "ffi_call" and eqn.params["target_name"] == onednn.target(
                 "fwd"
             ):
-                flags = dict(eqn.params["attributes"])["geometry"].val[-3:]
-                post = ("bias", "sum", "relu")
-                calls["+".join(p for p, on in zip(post, flags, strict=True) if on) or "-"] += 1
+                geometry = dict(eqn.params["attributes"])["geometry"].val
+                g = dict(zip(onednn.FIELDS, geometry, strict=True))
+                calls["+".join(p for p in ("bias", "sum", "relu") if g[p]) or "-"] += 1
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
