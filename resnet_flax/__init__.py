@@ -4,14 +4,20 @@ Build (``create_model``), import and export torchvision weights (``load_torchvis
 ``export_torchvision``, ``save_torchvision``), preprocess like torchvision (``preprocess``),
 inspect (``summary``), use as a backbone (``extract_features``) and run inference with
 BatchNorm folded into the convolutions (``fold_batch_norm``).
+
+The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, plugged in behind
+the models' factories), ``io`` (weights in and out), ``inference`` and ``train``; see
+ARCHITECTURE.md.
 """
 
-from resnet_flax.convert import export_torchvision, load_torchvision, save_torchvision
-from resnet_flax.features import extract_features
-from resnet_flax.fold import fold_batch_norm
-from resnet_flax.preprocess import imagenet_classes, preprocess
-from resnet_flax.registry import TORCHVISION_MODELS, create_model, list_models, model_options
-from resnet_flax.summary import summary
+from resnet_flax import cpu as _cpu  # noqa: F401  (registers impl="cpu" with the models)
+from resnet_flax.inference.features import extract_features
+from resnet_flax.inference.fold import fold_batch_norm
+from resnet_flax.inference.preprocess import imagenet_classes, preprocess
+from resnet_flax.inference.summary import summary
+from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision
+from resnet_flax.io.weights import TORCHVISION_MODELS
+from resnet_flax.models.registry import create_model, list_models, model_options
 
 __all__ = [
     "TORCHVISION_MODELS",

@@ -10,8 +10,8 @@ import json
 import sys
 
 import resnet_flax
-from resnet_flax.convert import count_parameters
-from resnet_flax.weights import weights_for
+from resnet_flax.io.weights import weights_for
+from resnet_flax.models.registry import count_parameters
 
 
 def main(report_path: str | None) -> None:

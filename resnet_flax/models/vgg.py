@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import (
+from resnet_flax.models.checks import check_images, check_options
+from resnet_flax.models.layers import (
     BatchNorm,
     Impl,
     adaptive_avg_pool,

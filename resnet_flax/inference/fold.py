@@ -5,8 +5,9 @@ In eval mode BatchNorm is a per-channel affine map, so ``bn(conv(x, W))`` equals
 ``add = bias - mean * mul``. :func:`fold_batch_norm` finds the conv -> BatchNorm pairs by
 tracing the model once (a BatchNorm whose input is a conv's output), scales the kernels ahead of
 time, and returns a jitted forward that skips the folded BatchNorms. It works for any model
-built from :func:`resnet_flax.layers.conv` and :class:`~resnet_flax.layers.BatchNorm`; a
-BatchNorm not fed by a conv (pre-activation nets) stays as it is.
+built from :func:`resnet_flax.models.layers.conv` and
+:class:`~resnet_flax.models.layers.BatchNorm`; a BatchNorm not fed by a conv (pre-activation
+nets) stays as it is.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
-from resnet_flax import backend
-from resnet_flax.layers import BatchNorm, affine_coefficients
-from resnet_flax.postops import fuse_post_ops
+from resnet_flax.cpu import backend
+from resnet_flax.cpu.postops import fuse_post_ops
+from resnet_flax.models.layers import BatchNorm, affine_coefficients
 
 Path = tuple[str, ...]
 
@@ -84,7 +85,7 @@ def fold_batch_norm(
     ``image_shape`` is any input shape the model takes, used once to find the pairs; the
     returned function is jitted and compiles once per input shape. With ``post_ops`` each
     oneDNN conv also applies the bias, residual sum and ReLU that follow it
-    (:mod:`resnet_flax.postops`; the same numbers either way).
+    (:mod:`resnet_flax.cpu.postops`; the same numbers either way).
     """
     pairs = conv_norm_pairs(model, variables, image_shape)
     folded_norms = {norm_path for norm_path, _ in pairs.values()}

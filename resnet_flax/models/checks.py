@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 import jax
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'a' or 'b'?`` for the choices close to ``word``, else ``""``: the one
+    way every error message in the package suggests a spelling."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def check_images(

@@ -1,28 +1,26 @@
 """torchvision's ImageNet evaluation transforms, in NumPy and PIL, exactly.
 
 ``preprocess`` is ``Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize``
-for PIL images, to the bit, but returns an NHWC float32 batch for the Flax models.
+for PIL images, to the bit, but returns an NHWC float32 batch for the Flax models;
+:class:`EvalTransform` is one such setting (each published weights entry carries its own:
+``resnet_flax.io.weights.WeightsInfo.transforms()``). PIL and NumPy only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from resnet_flax.weights import WeightsInfo
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# torchvision's two evaluation presets for ImageNet weights: (resize_size, crop_size).
-PRESETS: dict[str, tuple[int, int]] = {"V1": (256, 224), "V2": (232, 224)}
+Triple = tuple[float, float, float]
+# ImageNet's per-channel mean and std in [0, 1] units: the one place the package keeps them.
+IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
+IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -35,7 +33,9 @@ ImageLike = Image.Image | str | os.PathLike
 
 @functools.cache
 def _classes() -> tuple[str, ...]:
-    text = resources.files("resnet_flax").joinpath("imagenet_classes.txt").read_text("utf-8")
+    text = (
+        resources.files("resnet_flax.inference").joinpath("imagenet_classes.txt").read_text("utf-8")
+    )
     return tuple(text.splitlines())
 
 
@@ -120,19 +120,19 @@ def preprocess(
     return np.stack(batch)
 
 
-def transforms_for(weights: WeightsInfo | str) -> Callable[..., np.ndarray]:
-    """``preprocess`` set up for a weights entry or a preset name (``"V1"``: 256/224, ``"V2"``:
-    232/224); call it on images."""
-    if isinstance(weights, str):
-        if weights.upper() not in PRESETS:
-            raise ValueError(f"unknown preset {weights!r}; choose one of {', '.join(PRESETS)}")
-        resize_size, crop_size = PRESETS[weights.upper()]
-        return functools.partial(preprocess, resize_size=resize_size, crop_size=crop_size)
-    return functools.partial(
-        preprocess,
-        resize_size=weights.resize_size,
-        crop_size=weights.crop_size,
-        mean=weights.mean,
-        std=weights.std,
-        interpolation=weights.interpolation,
-    )
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """One evaluation transform: ``preprocess`` with these settings, called on images."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    interpolation: str = "bilinear"
+    mean: Triple = IMAGENET_MEAN
+    std: Triple = IMAGENET_STD
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        return preprocess(images, **dataclasses.asdict(self))
+
+
+# torchvision's two evaluation presets for its ImageNet weights.
+PRESETS: dict[str, EvalTransform] = {"V1": EvalTransform(256, 224), "V2": EvalTransform(232, 224)}

@@ -1,15 +1,16 @@
 """Each convolution's bias, residual sum and ReLU run by the convolution itself, at inference.
 
-With BatchNorm folded (:mod:`resnet_flax.fold`) a ResNet's eval forward is, conv after conv,
-``relu(conv(x) + bias)``, and at each block's end ``relu(conv(x) + bias + shortcut)``. XLA runs
+With BatchNorm folded (:mod:`resnet_flax.inference.fold`) a ResNet's eval forward is, conv
+after conv, ``relu(conv(x) + bias)``, and at each block's end ``relu(conv(x) + bias +
+shortcut)``. XLA runs
 every such tail as one more pass over the conv's output in memory. oneDNN can apply it to each
 block of the output while that block is still in registers (post-ops), adding the shortcut in
 place, which also leaves the program one activation-sized buffer fewer per block.
 
 :func:`fuse_post_ops` traces a function, finds each oneDNN forward convolution (a
-:func:`resnet_flax.onednn.conv_general_dilated` call) whose output feeds only a per-channel bias
+:func:`resnet_flax.cpu.onednn.conv_general_dilated` call) whose output feeds only a per-channel bias
 add, that add's output only a residual add and/or a ReLU, and runs the chain as one
-:func:`resnet_flax.onednn.forward_with_post_ops` call. Everything else runs as traced. The
+:func:`resnet_flax.cpu.onednn.forward_with_post_ops` call. Everything else runs as traced. The
 float32 operations and their order are unchanged, so the results are the same to the bit.
 """
 
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, Var
 
-from resnet_flax import onednn
+from resnet_flax.cpu import onednn
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One generic ResNet: torchvision's ResNet/ResNeXt/Wide ResNet, CIFAR ResNets, pre-activation.
 
 Submodule names mirror torchvision's state_dict keys (``layer1.0.conv1`` is ``layer1_0/conv1``),
-so converting weights is a renaming plus a transpose (see :mod:`resnet_flax.convert`).
+so converting weights is a renaming plus a transpose (see :mod:`resnet_flax.io.convert`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import BatchNorm, Impl, conv, max_pool, torch_linear_init
+from resnet_flax.models.checks import check_images, check_options
+from resnet_flax.models.layers import BatchNorm, Impl, conv, max_pool, torch_linear_init
 
 ModuleDef = Any
 Shortcut = Literal["projection", "zero_pad"]
@@ -158,9 +158,9 @@ class ResNet(nn.Module):
       (option A, He et al. 2016 section 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
-    - ``impl``: ``"plain"`` or ``"cpu"`` formulations of conv, BatchNorm and max-pool
-      gradients, or ``"auto"`` (see :mod:`resnet_flax.layers`); the numbers are the same
-      either way.
+    - ``impl``: which registered kernels run the convs, BatchNorms and max-pool (``"plain"``,
+      ``"cpu"``, or ``"auto"``: per backend; see :mod:`resnet_flax.models.layers`); the numbers
+      are the same either way.
 
     Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
     ``intermediates`` collection (see :func:`resnet_flax.extract_features`).

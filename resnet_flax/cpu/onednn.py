@@ -1,19 +1,18 @@
 """oneDNN convolutions for XLA:CPU, called through the XLA FFI.
 
-XLA:CPU's convolutions run well short of PyTorch's on the backward pass (the input gradient of
-a 3x3 conv at 32x32x64, batch 128, took 1.4x as long; the kernel gradient 2.7x). PyTorch's
-CPU convolutions are oneDNN's, so this module runs the same oneDNN kernels inside the jitted
-XLA program: :func:`conv_general_dilated` is ``lax.conv_general_dilated`` (NHWC/HWIO, float32)
-whose forward, input gradient and kernel gradient are three XLA FFI custom calls. The handlers
-are ``ctypes`` callbacks into ``libdnnl`` (the ``onednn-cpu-gomp`` wheel), so nothing is
-compiled at install time.
+XLA:CPU's convolutions run well short of PyTorch's on the backward pass (README,
+"Performance"). PyTorch's CPU convolutions are oneDNN's, so this module runs the same oneDNN
+kernels inside the jitted XLA program: :func:`conv_general_dilated` is
+``lax.conv_general_dilated`` (NHWC/HWIO, float32) whose forward, input gradient and kernel
+gradient are three XLA FFI custom calls. The handlers are ``ctypes`` callbacks into ``libdnnl``
+(the ``onednn-cpu-gomp`` wheel, the ``[cpu]`` extra), so nothing is compiled at install time.
 
 Primitives are created once per shape and thread and cached. Weights are reordered between
 XLA's HWIO layout and the blocked layout oneDNN picks, inside the call. On an AVX-512 CPU the
-results equalled PyTorch's to the bit (same kernels, same summation order); the kernel
+results equal PyTorch's to the bit (same kernels, same summation order); the kernel
 gradient's summation order depends on the thread count (:func:`threads`).
 
-``RESNET_FLAX_ONEDNN=0`` turns this off (the layers then use XLA's convolutions);
+``RESNET_FLAX_ONEDNN=0`` turns this off (the CPU kernels then use XLA's convolutions);
 ``RESNET_FLAX_ONEDNN=/path/libdnnl.so.3`` picks a library. Differentiable once (the train step
 needs no more); use ``impl="plain"`` convs for higher-order gradients.
 """
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_flax import xla_ffi
+from resnet_flax.cpu import xla_ffi
 
 ENV = "RESNET_FLAX_ONEDNN"
 THREADS_ENV = "RESNET_FLAX_ONEDNN_THREADS"
@@ -385,7 +384,7 @@ def _finish_dispatched_work() -> None:
 
 def target(kind: str) -> str:
     """The FFI target name of ``kind`` (a key of :data:`OPERANDS`)."""
-    return f"resnet_flax.onednn.{kind}"
+    return f"resnet_flax.cpu.onednn.{kind}"
 
 
 # --- The JAX-facing convolution ------------------------------------------------------------------
@@ -452,7 +451,7 @@ def conv_forward(
     while it is still in registers; the residual's buffer becomes the output (XLA copies it
     first if it is used again). Same float32 operations, in the same order, as the separate
     ``conv``, ``+ bias``, ``+ residual``, ``max(0, .)``. Not differentiable: the forward
-    only, for the folded eval path (:mod:`resnet_flax.postops`).
+    only, for the folded eval path (:mod:`resnet_flax.cpu.postops`).
     """
     layout = {"dimension_numbers": ("NHWC", "HWIO", "NHWC")}
     if not supports(lhs, rhs, padding, **layout) or bias.shape != (rhs.shape[-1],):

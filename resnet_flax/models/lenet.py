@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.checks import check_images, check_options
-from resnet_flax.layers import conv, max_pool, torch_flatten, torch_linear_init
+from resnet_flax.models.checks import check_images, check_options
+from resnet_flax.models.layers import conv, max_pool, torch_flatten, torch_linear_init
 
 
 class LeNet5(nn.Module):
@@ -17,7 +17,6 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     in_channels: int = 3
-    axis_name: str | None = None  # accepted for a uniform interface; LeNet-5 has no BatchNorm
     dtype: Any = jnp.float32
 
     head: ClassVar[str] = "fc3"  # the classifier layer, replaced when fine-tuning

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from resnet_flax.registry import create_model
+from resnet_flax.models.registry import create_model
 
 
 def summary(
@@ -65,7 +65,6 @@ def summary(
     size_mb = sum(leaf.size * leaf.dtype.itemsize for leaf in params.values()) / 2**20
     totals = {
         "Total params": f"{total:,}",
-        "Trainable params": f"{total:,}",
         "batch_stats entries": f"{sum(leaf.size for leaf in stats.values()):,}",
         "Params size (MB)": f"{size_mb:.2f}",
     }

@@ -1,14 +1,11 @@
 """Per-backend XLA compiler settings: the one place the package tunes the compiler.
 
 On the CPU, XLA (jaxlib 0.10) hands convolutions and reductions, among others, to YNNPACK
-library fusions by default. For these networks its convolutions are much slower than
-XLA's own Eigen ones (the weight gradient of a 3x3 conv at 32x32x64, batch 128, took 17x
-longer; the whole ``resnet18_cifar`` train step 4x longer, on a 2-core CPU), but its
-reductions are the fast way to take BatchNorm's channel sums: one read of the activations
-with the elementwise work fused in (a 33 MB channel sum took 1.2 ms, against 3.0 ms as a
-matrix-vector product and 6.7 ms as XLA's own reduction). So the CPU settings keep YNNPACK
-for reductions only. :func:`jit` compiles with the settings below; pass ``plain=True`` (or
-use ``jax.jit``) to get XLA's defaults for comparison.
+library fusions by default. For these networks its convolutions are much slower than XLA's
+own, but its reductions are the fast way to take BatchNorm's channel sums: one read of the
+activations with the elementwise work fused in (README, "Performance", has the figures). So
+the CPU settings keep YNNPACK for reductions only. :func:`jit` compiles with the settings
+below; pass ``plain=True`` (or use ``jax.jit``) to get XLA's defaults for comparison.
 """
 
 from __future__ import annotations

@@ -2,7 +2,11 @@
 
 Generated once from torchvision 0.29's ``Weights`` enums (``ResNet50_Weights.IMAGENET1K_V2``
 ...), so that a weights file can be recognised by its name without importing torch:
-``identify("resnet50-11ad3fa6.pth")`` is ResNet-50 V2, evaluated at resize 232, crop 224.
+``identify("resnet50-11ad3fa6.pth")`` is ResNet-50 V2, and its ``transforms()`` is the
+evaluation transform it was published with (resize 232, crop 224).
+
+The table also names the models whose architecture is torchvision's own
+(:data:`TORCHVISION_MODELS`): those that weights import into and parity tests cover.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from resnet_flax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from resnet_flax.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 URL_BASE = "https://download.pytorch.org/models/"
 
@@ -41,6 +45,13 @@ class WeightsInfo:
     def url(self) -> str:
         """The download address torchvision uses."""
         return URL_BASE + self.file_name
+
+    def transforms(self) -> EvalTransform:
+        """The evaluation transform these weights were published with (torchvision's
+        ``weights.transforms()``): call it on images to get the model's input batch."""
+        return EvalTransform(
+            self.resize_size, self.crop_size, self.interpolation, self.mean, self.std
+        )
 
 
 # model, tag, file name, resize, crop, top-1, top-5, parameters[, non-default transforms]
@@ -197,6 +208,9 @@ WEIGHTS: tuple[WeightsInfo, ...] = (
 )
 
 _BY_FILE_NAME = {w.file_name: w for w in WEIGHTS}
+
+# The registry names whose architecture is torchvision's own, in the table's order.
+TORCHVISION_MODELS: tuple[str, ...] = tuple(dict.fromkeys(w.model for w in WEIGHTS))
 
 
 def weights_for(model: str) -> list[WeightsInfo]:

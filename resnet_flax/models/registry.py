@@ -6,20 +6,22 @@ A new depth or width is one line in ``_REGISTRY``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from resnet_flax.lenet import LeNet5
-from resnet_flax.resnet import (
+from resnet_flax.models.checks import did_you_mean
+from resnet_flax.models.lenet import LeNet5
+from resnet_flax.models.resnet import (
     BasicBlock,
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
     ResNet,
 )
-from resnet_flax.vgg import CFGS, VGG
+from resnet_flax.models.vgg import CFGS, VGG
 
 _CIFAR = dict(stem="cifar", widths=(16, 32, 64), stem_width=16, shortcut="zero_pad", num_classes=10)
 _CIFAR_STEM = dict(stem="cifar", num_classes=10)
@@ -36,23 +38,23 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "resnext50_32x4d": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
-    ),  # noqa: E501
+    ),
     "resnext101_32x8d": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8),
-    ),  # noqa: E501
+    ),
     "resnext101_64x4d": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4),
-    ),  # noqa: E501
+    ),
     "wide_resnet50_2": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), width_per_group=128),
-    ),  # noqa: E501
+    ),
     "wide_resnet101_2": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), width_per_group=128),
-    ),  # noqa: E501
+    ),
     **{
         f"vgg{depth}{'_bn' if bn else ''}": (VGG, dict(cfg=tuple(CFGS[cfg]), batch_norm=bn))
         for depth, cfg in ((11, "A"), (13, "B"), (16, "D"), (19, "E"))
@@ -76,17 +78,9 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "preact_resnet18_cifar": (
         ResNet,
         dict(block=PreActBasicBlock, stage_sizes=(2, 2, 2, 2), **_CIFAR_STEM),
-    ),  # noqa: E501
+    ),
     "lenet5": (LeNet5, {}),
 }
-
-# Names whose architecture is torchvision's own: weights import and parity tests apply.
-TORCHVISION_MODELS: tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-    "wide_resnet50_2", "wide_resnet101_2",
-    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-)  # fmt: skip
 
 
 def list_models() -> list[str]:
@@ -114,10 +108,42 @@ def create_model(name: str, **options: Any) -> nn.Module:
     for key in options:
         if key not in allowed:
             raise ValueError(
-                f"unknown option {key!r} for model {name!r}{_suggest(key, allowed)}. "
+                f"unknown option {key!r} for model {name!r}.{did_you_mean(key, allowed)} "
                 f"Options: {', '.join(sorted(allowed))}."
             )
     return cls(**(fixed | options))
+
+
+def init_variables(
+    model: nn.Module,
+    image_size: int = 32,
+    seed: int = 0,
+    *,
+    abstract: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
+) -> dict[str, Any]:
+    """A model's initial ``{"params": ..., "batch_stats": ...}``, the one way the package makes
+    them: initialised on a batch of one ``image_size`` square image, jitted (placed with
+    ``sharding``), or only their shapes and dtypes with ``abstract``.
+
+    Keys are XLA RngBitGenerator (``rbg``) keys, whose initialisers compile faster than
+    threefry's. A model that cannot take ``image_size`` raises its own ``ValueError``.
+    """
+    x = jnp.zeros((1, image_size, image_size, getattr(model, "in_channels", 3)), jnp.float32)
+
+    def init(key: jax.Array) -> dict[str, Any]:
+        variables = model.init(key, x, train=False)
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+    key = jax.random.key(seed, impl="rbg")
+    if abstract:
+        return jax.eval_shape(init, key)
+    return jax.jit(init, out_shardings=sharding)(key)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters (``params`` only, as torch's ``parameters()``)."""
+    return sum(a.size for a in jax.tree.leaves(init_variables(model, abstract=True)["params"]))
 
 
 # Architecture arguments that torchvision also exposes as options (ResNeXt/Wide widths).
@@ -127,7 +153,7 @@ _OVERRIDABLE = ("groups", "width_per_group", "num_classes")
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     if name not in _REGISTRY:
         raise ValueError(
-            f"unknown model {name!r}{_suggest(name, _REGISTRY)}. "
+            f"unknown model {name!r}.{did_you_mean(name, _REGISTRY)} "
             f"See resnet_flax.list_models() for all {len(_REGISTRY)} names."
         )
     return _REGISTRY[name]
@@ -139,8 +165,3 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None
-
-
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_flax.pth import read_state_dict, write_pth, write_safetensors
-from resnet_flax.registry import create_model
+from resnet_flax.io.pth import read_state_dict, write_pth, write_safetensors
+from resnet_flax.models.registry import create_model, init_variables
 
 Variables = dict[str, Any]
 
@@ -69,22 +69,6 @@ def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
-def _probe_input(model: nn.Module) -> jax.Array:
-    """A 32x32 batch of one: every registered model takes it, and shapes don't depend on it."""
-    return jnp.zeros((1, 32, 32, getattr(model, "in_channels", 3)), jnp.float32)
-
-
-def abstract_variables(model: nn.Module) -> Variables:
-    """The variables' shapes and dtypes, without computing anything."""
-    x = _probe_input(model)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """The number of trainable parameters (``params`` only, as torch's ``parameters()``)."""
-    return sum(a.size for a in jax.tree.leaves(abstract_variables(model)["params"]))
-
-
 def load_torchvision(
     name: str, source: str | os.PathLike | Mapping[str, Any], **options: Any
 ) -> tuple[nn.Module, Variables]:
@@ -114,13 +98,8 @@ def load_torchvision(
         )
     model = create_model(name, **options)
 
-    expected = traverse_util.flatten_dict(abstract_variables(model))
-    fresh = None
-    if new_head:
-        x = _probe_input(model)
-        fresh = traverse_util.flatten_dict(
-            jax.jit(lambda: model.init(jax.random.key(seed), x, train=False))()
-        )
+    expected = traverse_util.flatten_dict(init_variables(model, abstract=True))
+    fresh = traverse_util.flatten_dict(init_variables(model, seed=seed)) if new_head else None
     flat, used, errors = {}, set(), []
     for (collection, *path), spec in expected.items():
         key = torch_key(collection, tuple(path))
@@ -163,7 +142,7 @@ def export_torchvision(name: str, variables: Variables, **options: Any) -> dict[
         head_kernel = flat.get(("params", model.head, "kernel"))
         if head_kernel is not None:
             model = create_model(name, **(options | {"num_classes": head_kernel.shape[-1]}))
-    expected = traverse_util.flatten_dict(abstract_variables(model))
+    expected = traverse_util.flatten_dict(init_variables(model, abstract=True))
     missing = [k for k in expected if k not in flat]
     extra = [k for k in flat if k not in expected and k[0] in ("params", "batch_stats")]
     if missing or extra:

@@ -1,0 +1,1 @@
+"""Using a model: preprocessing, the predict CLI, summaries, features and folded eval."""

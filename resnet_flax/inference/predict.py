@@ -1,0 +1,145 @@
+"""Classify images with torchvision weights: ``python -m resnet_flax.predict``.
+
+Example::
+
+    python -m resnet_flax.predict --model resnet50 --weights resnet50-11ad3fa6.pth cat.jpg
+
+The evaluation transforms follow the weights when their file name is torchvision's
+(``resnet50-11ad3fa6.pth`` is V2: resize 232, crop 224), else torchvision's V1 defaults
+(resize 256, crop 224); ``--resize``/``--crop`` override either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from resnet_flax.inference.fold import fold_batch_norm
+from resnet_flax.inference.preprocess import PRESETS, imagenet_classes
+from resnet_flax.io.convert import load_torchvision
+from resnet_flax.io.weights import WeightsInfo, identify
+
+BATCH_SIZE = 16
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv`` defaults to ``sys.argv[1:]``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_flax.predict",
+        description="Print the top classes of each image under torchvision weights.",
+    )
+    parser.add_argument(
+        "--model", help="model name, e.g. resnet50 (default: the one the weights file names)"
+    )
+    parser.add_argument(
+        "--weights", required=True, help="torchvision weights: .pth, .pt or .safetensors"
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top", type=int, default=5, help="how many classes to print (5)")
+    parser.add_argument("--resize", type=int, help="shorter side before cropping (256, V2: 232)")
+    parser.add_argument("--crop", type=int, help="centre crop size (224)")
+    return parser.parse_args(argv)
+
+
+def top_classes(
+    model: nn.Module, variables: dict, batch: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes of every image in ``batch``: (probabilities, indices).
+
+    Runs the eval forward with BatchNorm folded into the convolutions (:func:`fold_batch_norm`).
+    """
+    logits = fold_batch_norm(model, variables, batch[:BATCH_SIZE].shape)
+    chunks = range(0, len(batch), BATCH_SIZE)
+    probs = np.concatenate(
+        [
+            np.asarray(jax.nn.softmax(logits(batch[i : i + BATCH_SIZE])))
+            for i in tqdm(chunks, desc="classifying", unit="batch", disable=len(chunks) < 2)
+        ]
+    )
+    indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probs, indices, axis=1), indices
+
+
+def format_predictions(image: str, names: Sequence[str], probs: Sequence[float]) -> str:
+    """One image's classes and probabilities (percent), aligned."""
+    width = max(len(name) for name in names)
+    lines = [
+        f"  {rank}. {name:<{width}}  {100 * p:6.2f}%"
+        for rank, (name, p) in enumerate(zip(names, probs, strict=True), 1)
+    ]
+    return "\n".join([image, *lines])
+
+
+def _resolve(args: argparse.Namespace, info: WeightsInfo | None) -> str:
+    """The model name, checked against what the weights file name says."""
+    if info is None:
+        if args.model is None:
+            raise ValueError(f"cannot tell the model of {args.weights!r}: pass --model NAME")
+        return args.model
+    if info.features_only:
+        raise ValueError(
+            f"{os.path.basename(args.weights)} ({info.model} {info.tag}) has no trained "
+            "classifier: it is for feature extraction only"
+        )
+    if args.model is not None and args.model != info.model:
+        raise ValueError(
+            f"{os.path.basename(args.weights)} holds torchvision's {info.model} weights, "
+            f"not {args.model}: use --model {info.model}"
+        )
+    return info.model
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check the inputs, load the weights, classify and print; bad input raises."""
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    for path, what in [(args.weights, "weights file"), *((i, "image") for i in args.images)]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} not found: {path!r}")
+    info = identify(args.weights)
+    name = _resolve(args, info)
+    transform = PRESETS["V1"] if info is None else info.transforms()
+    transform = dataclasses.replace(
+        transform,
+        resize_size=args.resize or transform.resize_size,
+        crop_size=args.crop or transform.crop_size,
+    )
+    where = f"{info.model} {info.tag}" if info else "unrecognised weights, V1 defaults"
+    print(
+        f"{name} ({where}): resize {transform.resize_size}, crop {transform.crop_size}",
+        file=sys.stderr,
+    )
+
+    batch = transform(args.images)  # unreadable images fail before the weights load
+    model, variables = load_torchvision(name, args.weights)
+    probs, indices = top_classes(model, variables, batch, min(args.top, model.num_classes))
+    classes = (
+        imagenet_classes()
+        if model.num_classes == 1000
+        else [f"class {i}" for i in range(model.num_classes)]
+    )
+    for image, p, idx in zip(args.images, probs, indices, strict=True):
+        print(format_predictions(image, [classes[i] for i in idx], p))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (2 on bad input, with ``error: ...``)."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

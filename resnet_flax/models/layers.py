@@ -1,0 +1,256 @@
+"""The building blocks every model uses: one conv factory, one BatchNorm, pooling.
+
+Every convolution in the package is made by :func:`conv`, every normalisation by
+:class:`BatchNorm` and every max pooling by :func:`max_pool`, so an implementation is swapped
+in one place: each takes ``impl``, the name of a registered set of :class:`Kernels`.
+
+- ``"plain"`` (here): the textbook formulations, differentiated by autodiff.
+- ``"cpu"``: registered by :mod:`resnet_flax.cpu` (which this package never imports), the
+  formulations that run fastest on XLA:CPU. They compute the same numbers to float32
+  round-off (``tests/test_layers.py``).
+- ``"auto"`` (the default): the set registered for JAX's default backend, else ``"plain"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Impl = str  # "auto", "plain" or the name of registered kernels, e.g. "cpu"
+
+# (x, scale, bias, epsilon, axis_name, dtype) -> (y, batch mean, biased batch variance)
+BatchNormTrain = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+# (x, kernel_size, stride, padding) -> y
+MaxPool = Callable[[jax.Array, int, int, int], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """One formulation of the operations whose speed depends on the backend.
+
+    ``conv_general_dilated`` replaces ``lax.conv_general_dilated`` inside ``nn.Conv`` (``None``:
+    lax's own); ``batch_norm_train`` is training-mode BatchNorm; ``max_pool`` is max pooling
+    with symmetric padding. Each must compute what the plain formulation computes.
+    """
+
+    conv_general_dilated: Callable[..., jax.Array] | None
+    batch_norm_train: BatchNormTrain
+    max_pool: MaxPool
+
+
+_KERNELS: dict[str, Kernels] = {}
+_AUTO: dict[str, str] = {}  # JAX backend -> the kernels "auto" picks on it
+
+
+def register_kernels(name: str, kernels: Kernels, *, backend: str | None = None) -> None:
+    """Make ``impl=name`` select ``kernels``; with ``backend`` (e.g. ``"cpu"``), ``impl="auto"``
+    selects them whenever JAX's default backend is that one."""
+    if name == "auto":
+        raise ValueError("'auto' is not a kernel name: it picks one per backend")
+    _KERNELS[name] = kernels
+    if backend is not None:
+        _AUTO[backend] = name
+
+
+def resolve_impl(impl: Impl) -> str:
+    """The registered kernels' name ``impl`` stands for (``"auto"``: per backend)."""
+    if impl == "auto":
+        return _AUTO.get(jax.default_backend(), "plain")
+    if impl not in _KERNELS:
+        *names, last = [repr(name) for name in ("auto", *_KERNELS)]
+        raise ValueError(f"impl must be {', '.join(names)} or {last}, not {impl!r}")
+    return impl
+
+
+def kernels(impl: Impl) -> Kernels:
+    """The :class:`Kernels` that ``impl`` selects."""
+    return _KERNELS[resolve_impl(impl)]
+
+
+# torchvision's initialisers, so that a Flax-initialised model is distributed like torchvision's.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+    """torch.nn.Linear's default init for weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv(
+    features: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int | None = None,
+    *,
+    groups: int = 1,
+    dilation: int = 1,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
+    impl: Impl = "auto",
+    name: str | None = None,
+) -> nn.Conv:
+    """The one conv factory: torch's ``nn.Conv2d`` semantics in NHWC.
+
+    Padding is explicit and symmetric, as torch pads (XLA's ``'SAME'`` pads stride-2 layers
+    asymmetrically and cannot take torchvision weights). ``padding=None`` means
+    ``dilation * (kernel_size - 1) // 2``, torchvision's choice for every conv it makes.
+    """
+    if padding is None:
+        padding = dilation * (kernel_size - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=kernel_init,
+        bias_init=nn.initializers.zeros,
+        conv_general_dilated=kernels(impl).conv_general_dilated,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm2d``, exactly, over the last axis.
+
+    - ``eps=1e-5``; ``momentum=0.1`` in torch's convention (weight of the *new* batch).
+    - Training normalises with the biased batch variance and updates ``running_var`` with the
+      *unbiased* one, as torch does, so one train step in either framework leaves the same state.
+    - State lives in the ``batch_stats`` collection: ``mean``, ``var`` and
+      ``num_batches_tracked`` (torch's counter, kept so import/export round-trips exactly).
+    - ``axis_name``: inside ``shard_map``/``pmap``, the statistics are taken over the whole
+      global batch (synchronised BatchNorm); ``None`` keeps them per device.
+    - Statistics are computed in float32 whatever ``dtype`` the activations have.
+    """
+
+    epsilon: float = 1e-5
+    momentum: float = 0.1
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    axis_name: str | None = None
+    dtype: Dtype = jnp.float32
+    impl: Impl = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        count = self.variable(
+            "batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32)
+        )
+        if not train:
+            return affine(x, scale, bias, ra_mean.value, ra_var.value, self.epsilon, self.dtype)
+
+        train_fn = kernels(self.impl).batch_norm_train
+        y, mean, var = train_fn(x, scale, bias, self.epsilon, self.axis_name, self.dtype)
+        if not self.is_initializing():
+            n = statistics_count(x, self.axis_name)
+            unbiased = var * (n / max(n - 1, 1))  # torch's running_var convention
+            ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+            ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+            count.value = count.value + 1
+        return y
+
+
+def statistics_count(x: jax.Array, axis_name: str | None) -> int:
+    """How many values each channel's statistics are taken over (all devices on the axis)."""
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    return math.prod(x.shape[:-1]) * devices
+
+
+def affine_coefficients(scale, bias, mean, var, epsilon):
+    """``(mul, add)`` with ``bn(x) = x * mul + add``: BatchNorm's normalisation as an affine map."""
+    mul = scale * jax.lax.rsqrt(var + epsilon)
+    return mul, bias - mean * mul
+
+
+def affine(x, scale, bias, mean, var, epsilon, dtype):
+    """``(x - mean) * scale / sqrt(var + eps) + bias``, folded into one multiply-add."""
+    mul, add = affine_coefficients(scale, bias, mean, var, epsilon)
+    return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
+
+
+def batch_norm_plain(x, scale, bias, epsilon, axis_name, dtype):
+    """Training-mode BatchNorm as written in the textbook; autodiff takes the gradient."""
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axes)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    # Two-pass variance: E[(x - mean)^2], as precise as torch's.
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    return affine(x, scale, bias, mean, var, epsilon, dtype), mean, var
+
+
+def max_pool(
+    x: jax.Array, kernel_size: int, stride: int, padding: int, impl: Impl = "auto"
+) -> jax.Array:
+    """``torch.nn.MaxPool2d`` with explicit symmetric padding (padded with -inf, as torch).
+
+    The gradient goes to the first maximum of each window in row-major order, as torch's.
+    """
+    return kernels(impl).max_pool(x, kernel_size, stride, padding)
+
+
+def max_pool_plain(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:
+    """Max pooling as ``reduce_window``, differentiated by autodiff."""
+    return nn.max_pool(
+        x,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+    )
+
+
+register_kernels("plain", Kernels(None, batch_norm_plain, max_pool_plain))
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """``torch.nn.AdaptiveAvgPool2d`` for NHWC input, any input size.
+
+    Output cell ``i`` averages input rows ``floor(i*H/out) .. ceil((i+1)*H/out)``, as torch does,
+    written as two small averaging matrices (static, built at trace time).
+    """
+    h, w = x.shape[1:3]
+    oh, ow = output_size
+    if (h, w) == (oh, ow):
+        return x
+    if (oh, ow) == (1, 1):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    ph = jnp.asarray(_pool_matrix(h, oh), x.dtype)
+    pw = jnp.asarray(_pool_matrix(w, ow), x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", ph, x, pw)
+
+
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def torch_flatten(x: jax.Array) -> jax.Array:
+    """Flatten NHWC features in torch's NCHW order, so a following Linear ports unchanged."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
