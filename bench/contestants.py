@@ -3,7 +3,7 @@ backward, SGD with momentum and weight decay) and an eval forward, as zero-argum
 that block until done, plus the train step's compile time.
 
 - ``ours``: the registry model and the project's own train step (``train.step``) on a 1-device
-  mesh, compiled with :func:`resnet_flax.backend.jit`'s settings; eval runs
+  mesh, compiled with :func:`resnet_flax.cpu.backend.jit`'s settings; eval runs
   :func:`resnet_flax.fold_batch_norm`'s forward.
 - ``flax``: :mod:`bench.flax_example` under plain ``jax.jit``.
 - ``torch``: torchvision's model, eager, channels_last, ``torch.optim.SGD``.
@@ -23,14 +23,17 @@ import numpy as np
 import optax
 
 from bench import flax_example
-from resnet_flax import backend, create_model, fold_batch_norm
-from train import parallel
-from train.data.augment import normalize
-from train.state import create_train_state
-from train.step import make_train_step, train_metrics_zeros
+from resnet_flax import create_model, fold_batch_norm
+from resnet_flax.cpu import backend
+from resnet_flax.inference.preprocess import IMAGENET_MEAN as MEAN
+from resnet_flax.inference.preprocess import IMAGENET_STD as STD
+from resnet_flax.models.registry import init_variables
+from resnet_flax.train import parallel
+from resnet_flax.train.data.augment import normalize
+from resnet_flax.train.state import new_train_state
+from resnet_flax.train.step import make_train_step, train_metrics_zeros
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORMALIZE = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)  # uint8 -> float32
 
 
@@ -62,11 +65,10 @@ def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
     mesh = jax.make_mesh((1,), (parallel.BATCH,), devices=jax.devices()[:1])
     classes = num_classes(name)
     model = create_model(name, num_classes=classes, axis_name=parallel.BATCH, **model_options)
-    x = jnp.zeros((1, size, size, 3))
-    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"))
-    state = parallel.replicate(mesh, create_train_state(model.apply, variables, sgd()))
+    variables = init_variables(model, size)
+    state = new_train_state(model, variables, sgd(), parallel.replicated(mesh))
     data = parallel.global_batch(mesh, host_batch(batch, size, classes))
-    step = make_train_step(mesh, num_classes=classes, normalize=NORMALIZE)
+    step = make_train_step(mesh, model, num_classes=classes, normalize=NORMALIZE)
     metrics = parallel.replicate(mesh, train_metrics_zeros())
     start = time.perf_counter()
     compiled = step.lower(state, metrics, data, None).compile()

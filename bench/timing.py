@@ -30,12 +30,5 @@ def interleaved(
     return times
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Wall seconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def median(xs: list[float]) -> float:
     return statistics.median(xs)

@@ -1,0 +1,69 @@
+"""Every training key, its default and its meaning. Configs start here and set what differs.
+
+Override any key on the command line: ``--config.learning_rate=0.05``,
+``--config.model_options.zero_init_residual=true``, ``--config.lr_boundaries=[30,60]``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The defaults: ResNet-18 (CIFAR stem) on CIFAR-10, SGD, cosine schedule, float32."""
+    config = ml_collections.ConfigDict()
+    config.name = ""  # set by the loader: the config's file name, e.g. 'resnet18_cifar'
+
+    # Model: a name from resnet_flax.list_models() and extra create_model options
+    # (e.g. zero_init_residual); num_classes, dtype and the BatchNorm axis come from the keys
+    # below, not from model_options.
+    config.model = "resnet18_cifar"
+    config.model_options = ml_collections.ConfigDict()
+    config.pretrained = ""  # '' = random init; a torchvision .pth/.safetensors file or a run's
+    # checkpoint directory
+    config.freeze_backbone = False  # True: train the head only (needs pretrained)
+
+    # Data. num_classes 0 = the data set's own class count (folder: the class folders).
+    config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012, folder, digits, fake
+    config.data_dir = ""  # '' = the data set's default location (TFDS, scikit-learn)
+    config.train_split = "train"  # TFDS-style slices work: 'train[:45000]'
+    config.eval_split = "test"
+    config.image_size = 32
+    config.num_classes = 10
+    config.augment = True  # CIFAR-size: pad-4 crop + flip; larger: random-resized crop + flip
+    config.flip_tta = False  # evaluation averages the softmax of the image and its mirror
+    config.num_workers = 0  # data-loading processes for streamed data sets (0 = in process)
+
+    # Optimisation. batch_size is global (all devices); the schedule counts in epochs.
+    config.num_epochs = 200
+    config.batch_size = 128
+    config.eval_batch_size = 256
+    config.optimizer = "sgd"  # sgd | adamw
+    config.learning_rate = 0.1  # peak rate, reached after warmup
+    config.momentum = 0.9  # SGD only
+    config.nesterov = False  # SGD only
+    config.weight_decay = 5e-4  # SGD: coupled L2 as torch.optim.SGD; AdamW: decoupled
+    config.decay_norm_and_bias = True  # False: no decay on BatchNorm scale/bias and biases
+    config.label_smoothing = 0.0
+    config.lr_schedule = "cosine"  # cosine | piecewise | onecycle | constant
+    config.warmup_epochs = 0.0  # linear warmup from 0 (onecycle: its rising phase)
+    config.lr_boundaries = ()  # piecewise: epochs at which the rate is multiplied ...
+    config.lr_decay_factor = 0.1  # ... by this factor
+    config.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+    config.sync_batch_norm = True  # BatchNorm statistics over the global batch (False: per device)
+    # CPU only: split the CPU into several XLA devices of ~16 images each (README, "Data
+    # parallel", has the measured effect). Opt-in: under heavy CPU oversubscription XLA's
+    # in-process all-reduce can miss its rendezvous timeout, which the split raises
+    # (CPU_COLLECTIVE_FLAGS in resnet_flax/train/parallel.py) but cannot rule out.
+    config.split_cpu_devices = False
+    config.seed = 0
+
+    # Checkpoints, evaluation, logging.
+    config.checkpoint = ""  # --eval_only: '' = the latest checkpoint in the workdir, or a path
+    config.keep_checkpoints = 2  # the latest N ...
+    config.keep_best = 1  # ... plus the best N by eval accuracy
+    config.checkpoint_every_steps = 0  # 0 = at the end of each epoch
+    config.eval_every_epochs = 1
+    config.log_every_steps = 100
+    config.max_steps = 0  # stop after this many steps (0 = no limit; tests and benchmarks)
+    return config

@@ -1,0 +1,86 @@
+"""Random-access sources of encoded images for the streamed data sets.
+
+Sources yield {"image": encoded bytes, "label": int, "source": where the image came from} and
+know their ``num_classes``; they pickle small (worker processes get a copy) and open files or
+TFDS readers only when read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, require_dir
+from .folder import FolderListing, folder_splits, list_folder
+from .tfds_source import TfdsUnavailable, open_tfds, tfds_class_names
+
+# The same split under its TFDS name and its usual ImageFolder name.
+_SPLIT_ALIASES = {"validation": "val", "val": "validation"}
+
+
+class FolderSource:
+    """The files of an ImageFolder split, read as bytes."""
+
+    def __init__(self, listing: FolderListing):
+        self._root = listing.root
+        self._files = np.array([os.fsencode(f) for f in listing.files])  # compact to pickle
+        self._labels = listing.labels
+        self.num_classes = len(listing.class_names)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = os.path.join(self._root, os.fsdecode(self._files[index]))
+        with open(path, "rb") as file:
+            return {"image": file.read(), "label": int(self._labels[index]), "source": path}
+
+
+class TfdsSource:
+    """A prepared TFDS split with undecoded images, opened lazily in each process."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None):
+        self._args = (name, split, data_dir)
+        self._source = open_tfds(name, split, data_dir, decode_images=False)
+        self._length = len(self._source)
+        self.num_classes = len(tfds_class_names(self._source))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_source": None}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._source is None:
+            self._source = open_tfds(*self._args, decode_images=False)
+        record = self._source[index]
+        name, split, _ = self._args
+        source = f"TFDS {name} {split} record {index}"
+        return {"image": record["image"], "label": int(record["label"]), "source": source}
+
+
+def folder_source(data_dir: str | None, split: str) -> FolderSource:
+    """An ImageFolder split, taking 'val' for 'validation' (and back) when only that exists."""
+    splits = folder_splits(data_dir)
+    if split not in splits and _SPLIT_ALIASES.get(split) in splits:
+        split = _SPLIT_ALIASES[split]
+    return FolderSource(list_folder(data_dir, split))
+
+
+def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSource:
+    """ImageNet from TFDS ``imagenet2012`` prepared as array_record in ``data_dir``, else the
+    ImageFolder layout there; errors name the folder and the fix."""
+    fix = (
+        "Point data_dir at a folder holding TFDS imagenet2012 prepared as array_record, or "
+        "train/ and val/ in the ImageFolder layout (<split>/<wnid>/<image>.JPEG)."
+    )
+    data_dir = require_dir(data_dir, "imagenet2012", fix)
+    if not os.path.isdir(os.path.join(data_dir, "imagenet2012")):
+        return folder_source(data_dir, split)
+    try:
+        return TfdsSource("imagenet2012", "validation" if split == "val" else split, data_dir)
+    except TfdsUnavailable as error:
+        raise DataError(f"{error}. {fix}") from error

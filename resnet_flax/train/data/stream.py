@@ -1,0 +1,186 @@
+"""Streaming ImageNet-size data through grain: sharded per process, decoded in worker processes.
+
+The pipeline is a grain `MapDataset` all the way to the batches, so batch `k` of a process is
+a pure function of (seed, k): resuming at `start_step` slices the batch sequence, and the
+output does not depend on the number of workers.
+
+    train: source -> shuffle (reshuffled each epoch) -> repeat forever -> random crop + flip
+           (with augment=False: resize + centre crop, as eval)
+    eval:  source -> resize + centre crop, padded with masked blanks to whole global batches
+    then:  every process_count-th example from process_index -> batch -> [start_step:]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import grain
+import numpy as np
+from absl import flags
+
+from .errors import DataError, decoded
+from .images import eval_crop, train_crop
+from .registry import dataset_spec
+from .splits import parse_split, resolve_slice
+
+DEFAULT_NUM_WORKERS = min(16, os.cpu_count() or 1)
+
+
+def _let_grain_read_its_flags() -> None:
+    """Work around google/grain#1355 (fixed after 0.2.18): with JAX imported, `mp_prefetch`
+    reads an absl flag, which raises in programs that never parse absl flags (no absl.app)."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomCrop(grain.transforms.RandomMap):
+    """Decode, random-resized-crop and flip one record."""
+
+    image_size: int
+
+    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = decoded(train_crop, record["source"], record["image"], self.image_size, rng)
+        return {"image": image, "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class CentreCrop(grain.transforms.Map):
+    """Decode, resize the shorter side to size*256/224 and centre-crop one record; eval records
+    carry ``mask`` (True: a real example)."""
+
+    image_size: int
+    masked: bool
+
+    def map(self, record: dict[str, Any]) -> dict[str, Any]:
+        image = decoded(eval_crop, record["source"], record["image"], self.image_size)
+        out = {"image": image, "label": np.int32(record["label"])}
+        if self.masked:
+            out["mask"] = np.True_
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingRecord(grain.transforms.Map):
+    """A blank, masked-out example that fills the last evaluation batch."""
+
+    image_size: int
+
+    def map(self, _: int) -> dict[str, Any]:
+        image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        return {"image": image, "label": np.int32(0), "mask": np.False_}
+
+
+class StreamInfo(NamedTuple):
+    """A streamed split's size and class count."""
+
+    size: int
+    num_classes: int
+
+
+def _source(dataset: str, data_dir: str | None, split: str) -> tuple[Any, slice]:
+    spec = dataset_spec(dataset)
+    if spec.stream is None:
+        raise DataError(
+            f"{dataset} is held in memory, not streamed: load it with load_arrays "
+            "(the data set's DatasetSpec tells which loader it takes)."
+        )
+    name, bounds = parse_split(split)
+    source = spec.stream(data_dir, name)
+    return source, resolve_slice(bounds, len(source))
+
+
+def stream_info(dataset: str, data_dir: str | None, split: str) -> StreamInfo:
+    """The number of examples (slices such as 'train[:10%]' included) and of classes of a
+    streamed split."""
+    source, index = _source(dataset, data_dir, split)
+    return StreamInfo(index.stop - index.start, source.num_classes)
+
+
+def _check_arguments(
+    image_size: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    start_step: int,
+    num_workers: int,
+) -> None:
+    if image_size < 1:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}.")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is not in [0, {process_count}).")
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise DataError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the "
+            f"process count {process_count}."
+        )
+    if start_step < 0 or num_workers < 0:
+        raise DataError(f"start_step ({start_step}) and num_workers ({num_workers}) must be >= 0.")
+
+
+def make_stream(
+    dataset: str,
+    data_dir: str | None,
+    split: str,
+    image_size: int,
+    *,
+    train: bool,
+    augment: bool = True,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    seed: int,
+    start_step: int = 0,
+    num_workers: int = DEFAULT_NUM_WORKERS,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches {"image": uint8 (B, S, S, 3), "label": int32 (B,)} for this process, where
+    B = global_batch_size // process_count.
+
+    train=True: endless, reshuffled every epoch, Inception-style random-resized crop + flip
+    (``augment=False``: the eval crop instead).
+    train=False: one pass in order, the last batch padded; eval batches carry "mask" (bool,
+    True for real examples), and across processes every example appears exactly once.
+    Batches are the same for the same seed whatever `num_workers`; `start_step` resumes at
+    that batch exactly. `num_workers` decoding processes (0: decode in this process).
+    Close the returned iterator (`.close()`) when done with it to stop the workers early.
+    """
+    _check_arguments(
+        image_size, global_batch_size, process_index, process_count, start_step, num_workers
+    )
+    source, index = _source(dataset, data_dir, split)
+    ds = grain.MapDataset.source(source)[index]
+    if train:
+        ds = ds.seed(seed).shuffle().repeat()
+        if augment:
+            ds = ds.random_map(RandomCrop(image_size))
+        else:
+            ds = ds.map(CentreCrop(image_size, masked=False))
+    else:
+        padding = -len(ds) % global_batch_size
+        ds = ds.map(CentreCrop(image_size, masked=True))
+        if padding:
+            blanks = grain.MapDataset.range(padding).map(PaddingRecord(image_size))
+            ds = grain.MapDataset.concatenate([ds, blanks])
+    local_batch_size = global_batch_size // process_count
+    ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+    batches = ds[start_step:].to_iter_dataset(read)
+    if num_workers:
+        _let_grain_read_its_flags()
+        options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
+        batches = batches.mp_prefetch(options)
+    return _plain_batches(iter(batches))
+
+
+def _plain_batches(batches: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+    """Each batch as ordinary arrays: copied out of the workers' shared memory, which is then
+    freed at once rather than whenever the caller drops the batch. Closing this generator
+    stops the workers."""
+    try:
+        for batch in batches:
+            yield {key: np.array(value) for key, value in batch.items()}
+    finally:
+        batches.close()
