@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_flax import backend
+from resnet_flax.cpu import backend
 
 pytest.importorskip("torch", reason="the suite's PyTorch peers need torch")
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,15 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
-from train.checkpoint import (
+from resnet_flax.train.checkpoint import (
     CheckpointError,
     Checkpoints,
     abstract_tree,
     load_variables,
     resolve,
 )
-from train.parallel import make_mesh
+from resnet_flax.train.parallel import make_mesh
 
 
 def small_tree(value: float) -> dict:
@@ -104,29 +106,27 @@ def test_resolve_accepts_workdir_directory_and_step(tmp_path):
         resolve(tmp_path / "missing")
 
 
-def eight_device_run(workdir: str) -> None:
+def eight_device_run(workdir: str, config_path: str) -> None:
     """The subprocess: 2 steps of the tiny loop config on 8 devices, params dumped."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_loop import tiny_config
-
-    from train.loop import train_and_evaluate
+    from resnet_flax.train.loop import train_and_evaluate
 
     assert jax.device_count() == 8
-    train_and_evaluate(tiny_config(max_steps=2), workdir)
+    config = ConfigDict(json.loads(Path(config_path).read_text()))
+    train_and_evaluate(config, workdir)
     variables, _, step = load_variables(workdir, make_mesh())
     assert step == 2
     leaves = jax.tree.leaves_with_path(jax.device_get(variables))
     np.savez(Path(workdir) / "eight.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
 
 
-def test_eight_device_checkpoint_resumes_on_one(tmp_path):
+def test_eight_device_checkpoint_resumes_on_one(tmp_path, tiny_config, config_file):
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, __file__, str(tmp_path)],
+        [sys.executable, __file__, str(tmp_path), str(config_file(tiny_config(max_steps=2)))],
         env=env,
         cwd=root,
         capture_output=True,
@@ -142,9 +142,7 @@ def test_eight_device_checkpoint_resumes_on_one(tmp_path):
         for path, value in leaves:
             np.testing.assert_array_equal(value, saved[jax.tree_util.keystr(path)])
     # and the run goes on from there on one device
-    from test_loop import tiny_config
-
-    from train.loop import train_and_evaluate
+    from resnet_flax.train.loop import train_and_evaluate
 
     result = train_and_evaluate(tiny_config(max_steps=4), tmp_path)
     assert result["step"] == 4
@@ -152,4 +150,4 @@ def test_eight_device_checkpoint_resumes_on_one(tmp_path):
 
 
 if __name__ == "__main__":
-    eight_device_run(sys.argv[1])
+    eight_device_run(sys.argv[1], sys.argv[2])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.convert import export_torchvision, load_torchvision, save_torchvision, torch_key
+from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision, torch_key
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data import (
+from resnet_flax.train.data import (
     DataError,
     augment_cifar,
     crop_and_flip,
+    dataset_spec,
     download,
     epoch_permutation,
     folder_arrays,
-    is_in_memory,
     load_arrays,
     make_stream,
     normalize,
-    stream_length,
+    stream_info,
 )
-from train.data.images import eval_crop, random_resized_box, train_crop
+from resnet_flax.train.data.images import eval_crop, random_resized_box, train_crop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESNET_FLAX_SHARED", REPO.parent / "shared"))
@@ -75,7 +75,8 @@ def test_folder_in_memory_labels_shapes_and_cache(tmp_path, monkeypatch):
     for image, label in zip(first.images, first.labels, strict=True):
         # Lossless solid colours survive the resize of the 30x44 images exactly.
         assert (image == colours[first.class_names[label]]).all()
-    assert (first.mean, first.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    spec = dataset_spec("folder")
+    assert (spec.mean, spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     cached = list((tmp_path / "cache").glob("folder-*.npz"))
     assert len(cached) == 1
     assert not [p for p in data.rglob("*") if p.suffix not in (".png", "")], "wrote into data_dir"
@@ -171,7 +172,7 @@ def test_cifar10_from_python_archive_and_folder(tmp_path, no_download):
         train = load_arrays("cifar10", str(root), "train", 32)
         assert train.images.shape == (10, 32, 32, 3) and train.images.dtype == np.uint8
         assert train.class_names == CIFAR10_NAMES and train.num_classes == 10
-        assert train.mean == (0.4914, 0.4822, 0.4465)
+        assert dataset_spec("cifar10").mean == (0.4914, 0.4822, 0.4465)
         np.testing.assert_array_equal(train.labels, expected["labels"]["train"])
         red = np.zeros((32, 32, 3), np.uint8)
         red[..., 0] = 255
@@ -259,10 +260,16 @@ def test_fake_shapes_and_seed():
     assert not np.array_equal(load_arrays("fake", None, "train", 16, seed=2).images, a.images)
 
 
-def test_is_in_memory():
-    assert is_in_memory("cifar10", 32) and is_in_memory("digits", 224) and is_in_memory("fake", 224)
-    assert is_in_memory("folder", 64) and not is_in_memory("folder", 96)
-    assert not is_in_memory("imagenet2012", 224)
+def test_registry_says_which_data_sets_stay_in_memory():
+    def in_memory(name: str, size: int) -> bool:
+        return dataset_spec(name).in_memory(size)
+
+    assert in_memory("cifar10", 32) and in_memory("digits", 224) and in_memory("fake", 224)
+    assert in_memory("folder", 64) and not in_memory("folder", 96)
+    assert not in_memory("imagenet2012", 224)
+    assert [dataset_spec(n).num_classes for n in ("cifar10", "cifar100", "imagenet2012")] == [
+        10, 100, 1000,
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- on-device ops
@@ -457,11 +464,40 @@ def test_stream_train_deterministic_resumable_sharded(jpeg_tree):
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(12))
 
 
+def test_stream_without_augment_trains_on_the_eval_crop(tmp_path):
+    """augment=False: each training image is its file's eval crop, not a random crop."""
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _save(
+            tmp_path / "train" / f"c{i % 2}" / f"{i}.png",
+            rng.integers(0, 256, (60, 80, 3), np.uint8),
+        )
+    files = sorted((tmp_path / "train").glob("*/*.png"))
+    crops = [eval_crop(str(p), 32) for p in files]
+
+    def first_epoch(augment: bool) -> dict[str, np.ndarray]:
+        stream = make_stream(
+            "folder", str(tmp_path), "train", 32, train=True, augment=augment,
+            global_batch_size=4, process_index=0, process_count=1, seed=0, num_workers=0,
+        )  # fmt: skip
+        return _take(stream, 1)[0]
+
+    plain = first_epoch(False)
+    assert set(plain) == {"image", "label"}
+    found = [[np.array_equal(image, crop) for crop in crops] for image in plain["image"]]
+    assert all(sum(row) == 1 for row in found)
+    order = [row.index(True) for row in found]
+    assert sorted(order) == [0, 1, 2, 3]
+    assert [int(files[i].parent.name[1:]) for i in order] == plain["label"].tolist()
+    augmented = first_epoch(True)["image"]
+    assert not any(np.array_equal(image, crop) for image in augmented for crop in crops)
+
+
 def test_stream_eval_covers_each_example_once(jpeg_tree):
     root, _ = jpeg_tree
-    assert stream_length("folder", str(root), "val") == 9
-    assert stream_length("imagenet2012", str(root), "validation") == 9  # val/ stands in
-    assert stream_length("folder", str(root), "val[:5]") == 5
+    assert stream_info("folder", str(root), "val") == (9, 3)
+    assert stream_info("imagenet2012", str(root), "validation") == (9, 3)  # val/ stands in
+    assert stream_info("folder", str(root), "val[:5]").size == 5
     files = sorted((root / "val").glob("*/*.jpg"), key=lambda p: (p.parent.name, p.name))
     expected = {p.name: eval_crop(str(p), 32) for p in files}
     seen = []
@@ -527,4 +563,4 @@ def test_error_messages(tmp_path):
         make_stream("folder", str(tmp_path), "train", 32, train=True, global_batch_size=8,
                     process_index=0, process_count=3, seed=0)  # fmt: skip
     with pytest.raises(DataError, match="imagenet2012 needs a data_dir.*ImageFolder layout"):
-        stream_length("imagenet2012", None, "train")
+        stream_info("imagenet2012", None, "train")

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 from resnet_flax import create_model, fold_batch_norm
-from resnet_flax.convert import load_torchvision
-from resnet_flax.fold import conv_norm_pairs
-
-torch = pytest.importorskip("torch", reason="fold parity needs torch")
-import test_parity as parity  # noqa: E402  (the parity tests' reference models and bound)
+from resnet_flax.inference.fold import conv_norm_pairs
+from resnet_flax.io.convert import load_torchvision
 
 SIZE = 99  # an odd size, as in the parity tests
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "vgg11_bn"])
-def test_folded_eval_is_torchvision_eval(name):
+def test_folded_eval_is_torchvision_eval(name, parity):
+    torch = pytest.importorskip("torch", reason="fold parity needs torch")
     tmodel = parity.torch_model(name, seed=1).eval()
     model, variables = load_torchvision(
         name, parity.state_dict_numpy(tmodel), **parity.options(name)
@@ -44,7 +42,7 @@ def test_norms_fed_by_a_conv_are_folded_and_the_others_kept():
         assert len(pairs) == folded, name
 
 
-def test_folded_preact_net_matches_unfolded():
+def test_folded_preact_net_matches_unfolded(parity):
     model = create_model("preact_resnet18_cifar")
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), x)

@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 import resnet_flax
-from resnet_flax.convert import count_parameters, load_torchvision, save_torchvision
-from resnet_flax.features import extract_features
-from resnet_flax.preprocess import imagenet_classes, preprocess, transforms_for
-from resnet_flax.summary import summary
-from resnet_flax.weights import WEIGHTS, identify, weights_for
+from resnet_flax.inference.features import extract_features
+from resnet_flax.inference.preprocess import PRESETS, EvalTransform, imagenet_classes, preprocess
+from resnet_flax.inference.summary import summary
+from resnet_flax.io.convert import load_torchvision, save_torchvision
+from resnet_flax.io.weights import WEIGHTS, identify, weights_for
+from resnet_flax.models.registry import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -117,14 +118,14 @@ def test_preprocess_shapes_and_modes(images) -> None:
     gray = preprocess(images[2])[0]  # grayscale becomes three equal channels
     unnormalised = gray * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
     np.testing.assert_allclose(unnormalised[..., 0], unnormalised[..., 2], atol=1e-6)
-    assert transforms_for("V2")(images[0]).shape == (1, 224, 224, 3)
+    assert PRESETS["V2"](images[0]).shape == (1, 224, 224, 3)
 
 
 @pytest.mark.parametrize("tag", ["IMAGENET1K_V1", "IMAGENET1K_V2"])
 def test_preprocess_equals_weights_transforms(images, tag) -> None:
     models = pytest.importorskip("torchvision.models", reason="compares with torchvision")
     weights = models.ResNet50_Weights[tag]
-    ours = transforms_for(identify(weights.url))(images)
+    ours = identify(weights.url).transforms()(images)
     for image, got in zip(images, ours, strict=True):
         with Image.open(image) as pil:
             want = weights.transforms()(pil.convert("RGB")).permute(1, 2, 0).numpy()
@@ -152,8 +153,8 @@ def test_preprocess_errors(tmp_path) -> None:
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(OSError, match="cannot read .*notes.jpg"):
         preprocess(tmp_path / "notes.jpg")
-    with pytest.raises(ValueError, match="unknown preset 'V3'"):
-        transforms_for("V3")
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        EvalTransform(interpolation="cubic")(Image.new("RGB", (8, 8)))
     with pytest.raises(ValueError, match="crop_size must be a positive integer"):
         preprocess(Image.new("RGB", (8, 8)), crop_size=0)
 
@@ -274,7 +275,7 @@ def test_summary_rows_and_errors() -> None:
     assert (
         text.index("layer1_0") < text.index("layer2_0") < text.index("layer3_10") < text.index("fc")
     )
-    with pytest.raises(ValueError, match="unknown model 'resnet51'; did you mean"):
+    with pytest.raises(ValueError, match="unknown model 'resnet51'. Did you mean"):
         summary("resnet51")
     with pytest.raises(ValueError, match="depth must be at least 1"):
         summary("resnet18", depth=0)
@@ -286,7 +287,7 @@ def test_summary_rows_and_errors() -> None:
 def _cli(*args: str, block_torch: bool = False) -> subprocess.CompletedProcess:
     """Run the predict CLI in a fresh interpreter; ``block_torch`` makes ``import torch`` fail."""
     prelude = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
-    code = prelude + "from resnet_flax.predict import main; sys.exit(main(sys.argv[1:]))"
+    code = prelude + "from resnet_flax.inference.predict import main; sys.exit(main(sys.argv[1:]))"
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env
@@ -353,7 +354,7 @@ def test_predict_cli_errors(resnet18_file, images, tmp_path) -> None:
 
     unknown = _cli("--model", "resnet51", "--weights", str(resnet18_file), str(images[0]))
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
-    assert "error: unknown model 'resnet51'; did you mean" in unknown.stderr
+    assert "error: unknown model 'resnet51'. Did you mean" in unknown.stderr
 
     named = tmp_path / "resnet18-f37072fd.pth"  # torchvision's name: the model is read from it
     os.symlink(resnet18_file, named)

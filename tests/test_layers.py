@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import backend, onednn
-from resnet_flax.layers import WEIGHT_GRAD_CHUNK, BatchNorm, conv, max_pool
+from resnet_flax.cpu import backend, onednn
+from resnet_flax.cpu.kernels import WEIGHT_GRAD_CHUNK
+from resnet_flax.models.layers import BatchNorm, conv, max_pool
 
 SHAPE = (8, 6, 5, 16)  # NHWC
 BOUND = 1e-6  # measured worst relative error against torch, either impl: 3.3e-7 (dscale)

@@ -1,7 +1,8 @@
 """The training loop end to end on a tiny run: resume exactness, signals, NaN, evaluation.
 
-resnet20 at 16x16 on 128 digits (4 steps per epoch, 2 epochs). Compiled programs go to a
-per-session persistent cache, so every run after the first skips most of the compilation.
+resnet20 at 16x16 on 128 digits (4 steps per epoch, 2 epochs: conftest's ``tiny_config``).
+Compiled programs go to a per-session persistent cache, so every run after the first skips
+most of the compilation.
 """
 
 from __future__ import annotations
@@ -17,45 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import _base
 from resnet_flax import create_model
-from train import loop
-from train.checkpoint import Checkpoints, load_variables
-from train.config import validate
-from train.data import DataError, load_arrays, normalize
-from train.parallel import make_mesh
-from train.state import pretrained_variables
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", previous)
-
-
-def tiny_config(check: bool = True, **overrides):
-    config = _base.get_config()
-    config.update(
-        name="tiny",
-        model="resnet20",
-        dataset="digits",
-        train_split="train[:128]",
-        eval_split="test[:80]",  # 3 eval batches of 32, the last one padded
-        image_size=16,
-        num_classes=10,
-        augment=True,
-        num_epochs=2,
-        batch_size=32,
-        eval_batch_size=32,
-        learning_rate=0.05,
-        log_every_steps=2,
-        keep_checkpoints=2,
-        keep_best=1,
-    )
-    config.update(overrides)
-    return validate(config) if check else config
+from resnet_flax.models.registry import init_variables
+from resnet_flax.train import loop
+from resnet_flax.train.checkpoint import Checkpoints, load_variables
+from resnet_flax.train.data import DataError, dataset_spec, load_arrays, normalize
+from resnet_flax.train.parallel import make_mesh
+from resnet_flax.train.state import pretrained_variables
 
 
 def records(workdir: Path) -> dict[tuple[str, int], dict]:
@@ -84,7 +53,7 @@ def assert_same_run(a: Path, b: Path, steps: int = 8) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+def uninterrupted(tmp_path_factory, tiny_config) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("uninterrupted")
     return workdir, loop.train_and_evaluate(tiny_config(), workdir)
 
@@ -104,7 +73,7 @@ def test_uninterrupted_run(uninterrupted):
     assert kept == sorted({4, 8, result["best_step"]})
 
 
-def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path):
+def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path, tiny_config):
     """Stopped mid-epoch at step 3 by max_steps, relaunched: bitwise the uninterrupted run."""
     stopped = loop.train_and_evaluate(tiny_config(max_steps=3), tmp_path)
     assert stopped["step"] == 3 and stopped["interrupted"]
@@ -114,7 +83,7 @@ def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path):
     assert_same_run(uninterrupted[0], tmp_path)
 
 
-def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch):
+def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch, tiny_config):
     """SIGTERM during step 2's logging: checkpoint at step 2, exit; resuming is exact."""
 
     class SignallingWriter(loop.MetricsWriter):
@@ -134,7 +103,7 @@ def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch
     assert_same_run(uninterrupted[0], tmp_path)
 
 
-def test_nonfinite_loss_stops_without_saving(tmp_path):
+def test_nonfinite_loss_stops_without_saving(tmp_path, tiny_config):
     config = tiny_config(learning_rate=1e38, checkpoint_every_steps=1, augment=False)
     with pytest.raises(loop.TrainingDiverged, match=r"NaN/inf at step \d+") as error:
         loop.train_and_evaluate(config, tmp_path)
@@ -146,7 +115,7 @@ def test_nonfinite_loss_stops_without_saving(tmp_path):
     assert f"last good checkpoint is step {bad - 1}" in str(error.value)
 
 
-def test_evaluate_sees_every_example_once(uninterrupted):
+def test_evaluate_sees_every_example_once(uninterrupted, tiny_config):
     workdir, result = uninterrupted
     config = tiny_config()
     metrics = loop.evaluate(config, workdir)
@@ -156,7 +125,8 @@ def test_evaluate_sees_every_example_once(uninterrupted):
     variables, _, _ = final_variables(workdir)
     data = load_arrays("digits", None, config.eval_split, config.image_size)
     model = create_model("resnet20", num_classes=10)
-    x = normalize(jnp.asarray(data.images), data.mean, data.std, jnp.float32)
+    spec = dataset_spec("digits")
+    x = normalize(jnp.asarray(data.images), spec.mean, spec.std, jnp.float32)
     log_probs = np.asarray(jax.nn.log_softmax(model.apply(variables, x)))
     correct = int(np.sum(log_probs.argmax(-1) == data.labels))
     assert round(metrics["accuracy"] * len(data)) == correct and len(data) == 80
@@ -166,7 +136,7 @@ def test_evaluate_sees_every_example_once(uninterrupted):
     assert json.loads(lines[-1])["split"] == "eval"
 
 
-def test_fine_tune_from_our_checkpoint_with_a_new_head(uninterrupted, tmp_path):
+def test_fine_tune_from_our_checkpoint_with_a_new_head(uninterrupted, tmp_path, tiny_config):
     """pretrained = one of our checkpoint directories, 3 classes: backbone kept, new fc."""
     source, _ = uninterrupted
     config = tiny_config(
@@ -184,21 +154,21 @@ def test_fine_tune_from_our_checkpoint_with_a_new_head(uninterrupted, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_image_size_the_model_cannot_take(tmp_path):
+def test_image_size_the_model_cannot_take(tmp_path, tiny_config):
     config = tiny_config(model="lenet5", image_size=64, augment=False)
     with pytest.raises(ValueError, match="LeNet5 takes 32x32 images; got 64x64"):
         loop.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_missing_data_dir_is_the_data_error(tmp_path):
+def test_missing_data_dir_is_the_data_error(tmp_path, tiny_config):
     config = tiny_config(dataset="folder", data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="nowhere"):
         loop.train_and_evaluate(config, tmp_path)
 
 
 def test_pretrained_torchvision_file(tmp_path):
-    """A torchvision .pth (read by resnet_flax.convert) becomes the initial variables."""
+    """A torchvision .pth (read by resnet_flax.io.convert) becomes the initial variables."""
     torch = pytest.importorskip("torch", reason="writes the torchvision checkpoint")
     torchvision = pytest.importorskip("torchvision", reason="writes the torchvision checkpoint")
     torch.manual_seed(0)
@@ -206,8 +176,7 @@ def test_pretrained_torchvision_file(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), path)
     model = create_model("resnet18", num_classes=1000)
     fresh = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
+        lambda s: jnp.zeros(s.shape, s.dtype), init_variables(model, abstract=True)
     )
     variables = pretrained_variables(path, "resnet18", model, fresh, make_mesh())
     weight = torch.load(path)["conv1.weight"].numpy()
@@ -217,7 +186,7 @@ def test_pretrained_torchvision_file(tmp_path):
     assert variables["batch_stats"]["bn1"]["var"].shape == (64,)
 
 
-def test_streamed_folder_resumes_exactly(tmp_path):
+def test_streamed_folder_resumes_exactly(tmp_path, tiny_config):
     """A folder at image_size > 64 streams through grain; resuming mid-epoch is exact too."""
     from PIL import Image
 

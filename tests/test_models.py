@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.convert import count_parameters
-from resnet_flax.layers import BatchNorm, adaptive_avg_pool
+from resnet_flax.models.layers import BatchNorm, adaptive_avg_pool
+from resnet_flax.models.registry import count_parameters
 
 
 def n_params(name: str, **options) -> int:
@@ -48,9 +48,9 @@ def test_small_models_run(name: str) -> None:
 
 
 def test_unknown_model_and_option_suggest_close_matches() -> None:
-    with pytest.raises(ValueError, match="unknown model 'resnet5'.*did you mean.*'resnet56'"):
+    with pytest.raises(ValueError, match="unknown model 'resnet5'. Did you mean.*'resnet56'"):
         resnet_flax.create_model("resnet5")
-    with pytest.raises(ValueError, match="unknown option 'num_class'.*did you mean 'num_classes'"):
+    with pytest.raises(ValueError, match="unknown option 'num_class'.*Did you mean 'num_classes'"):
         resnet_flax.create_model("resnet18", num_class=10)
 
 

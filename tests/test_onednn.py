@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import onednn
+from resnet_flax.cpu import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -106,7 +106,7 @@ def test_a_failing_kernel_raises_in_jax_with_its_name():
     """An error inside the FFI handler reaches the caller (never a silently unwritten output)."""
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
     geometry = onednn._geometry(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), None, 3)  # 4 in 3
-    with pytest.raises(Exception, match="resnet_flax.onednn.fwd: RuntimeError: oneDNN"):
+    with pytest.raises(Exception, match="resnet_flax.cpu.onednn.fwd: RuntimeError: oneDNN"):
         jax.block_until_ready(onednn._call("fwd", geometry, (2, 8, 8, 4), x, w))
 
 

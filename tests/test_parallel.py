@@ -7,6 +7,7 @@ same 2-device mesh, so the runs must agree.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,15 +17,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
-from resnet_flax import onednn
-from train import parallel
-from train.data import ArrayDataset, epoch_permutation
+from resnet_flax.cpu import onednn
+from resnet_flax.train import parallel
+from resnet_flax.train.data import ArrayDataset, epoch_permutation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
+def test_initialize_distributed_reads_the_environment(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
@@ -32,7 +34,6 @@ def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
                  "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     assert parallel.initialize_distributed() is False and calls == []
-    assert parallel.initialize_distributed("10.0.0.1:1234", 4, 2) is True
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.9:99")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
@@ -40,12 +41,19 @@ def test_initialize_distributed_reads_explicit_args_then_env(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
     monkeypatch.setenv("SLURM_NTASKS", "8")  # JAX's own cluster detection fills the rest
     assert parallel.initialize_distributed() is True
-    assert calls == [("10.0.0.1:1234", 4, 2), ("10.0.0.9:99", 2, 1), (None, 2, 1)]
+    assert calls == [("10.0.0.9:99", 2, 1), (None, 2, 1)]
+
+
+def test_use_cpu_devices_warns_once_jax_has_started(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    jax.devices()  # the backends start
+    with pytest.warns(UserWarning, match="backends had started already.*device_count=8"):
+        assert parallel.use_cpu_devices(128) == 0
 
 
 def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> list[int]:
     code = (
-        "import jax; from train import parallel; "
+        "import jax; from resnet_flax.train import parallel; "
         f"n = parallel.use_cpu_devices({args}); "
         "print(n, jax.device_count(), parallel.use_cpu_devices(64)); "
         "import os; print(os.environ.get('XLA_FLAGS'))"
@@ -94,7 +102,7 @@ def test_process_slice_is_this_process_part(monkeypatch):
 
 def dataset(n: int) -> ArrayDataset:
     images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
-    return ArrayDataset(images, np.arange(n) % 3, 3, ["a", "b", "c"], (0.5,) * 3, (0.5,) * 3)
+    return ArrayDataset(images, np.arange(n) % 3, 3, ["a", "b", "c"])
 
 
 def test_array_input_batches_follow_the_epoch_permutation():
@@ -120,19 +128,13 @@ def test_array_input_eval_sees_every_example_once():
     assert batches[-1]["mask"].tolist() == [True, True, False, False]
 
 
-def tiny_config(workdir_name: str):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_loop import tiny_config as loop_config
-
-    return loop_config(sync_batch_norm=True, max_steps=4, name=workdir_name)
-
-
-def worker(mode: str, workdir: str) -> None:
+def worker(mode: str, workdir: str, config_path: str) -> None:
     """A subprocess: one of the two distributed processes, or the 2-device reference."""
-    from train.checkpoint import load_variables
-    from train.loop import train_and_evaluate
+    from resnet_flax.train.checkpoint import load_variables
+    from resnet_flax.train.loop import train_and_evaluate
 
-    result = train_and_evaluate(tiny_config(mode), workdir)  # initialises jax.distributed
+    config = ConfigDict(json.loads(Path(config_path).read_text()))
+    result = train_and_evaluate(config, workdir)  # initialises jax.distributed
     assert jax.device_count() == 2 and result["step"] == 4
     assert jax.process_count() == (2 if mode == "process" else 1)
     variables, _, _ = load_variables(workdir, parallel.make_mesh())  # a collective
@@ -147,13 +149,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(mode: str, workdir: Path, extra_env: dict[str, str]) -> subprocess.Popen:
+def launch(mode: str, workdir: Path, config: Path, extra_env: dict[str, str]) -> subprocess.Popen:
     # oneDNN's kernel gradients sum in an order that depends on its thread count; the same
     # count everywhere keeps the comparison exact.
     env = os.environ | {onednn.THREADS_ENV: "1"} | extra_env
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.Popen(
-        [sys.executable, __file__, mode, str(workdir)],
+        [sys.executable, __file__, mode, str(workdir), str(config)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -162,12 +164,14 @@ def launch(mode: str, workdir: Path, extra_env: dict[str, str]) -> subprocess.Po
     )
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one(tmp_path, tiny_config, config_file):
+    config = config_file(tiny_config(sync_batch_norm=True, max_steps=4))
     address = f"127.0.0.1:{free_port()}"
     processes = [
         launch(
             "process",
             tmp_path / "two",
+            config,
             {
                 "JAX_COORDINATOR_ADDRESS": address,
                 "JAX_NUM_PROCESSES": "2",
@@ -177,7 +181,10 @@ def test_two_processes_train_like_one(tmp_path):
         for i in range(2)
     ]
     reference = launch(
-        "reference", tmp_path / "one", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        "reference",
+        tmp_path / "one",
+        config,
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
     )
     for process in [*processes, reference]:
         output, _ = process.communicate(timeout=300)
@@ -195,4 +202,4 @@ def test_two_processes_train_like_one(tmp_path):
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2])
+    worker(*sys.argv[1:4])

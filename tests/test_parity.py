@@ -5,12 +5,11 @@ eval-mode logits and train-mode logits + updated running statistics at 224x224 a
 size (99x99); import -> export returns identical arrays; a Flax-initialised model exported to
 torchvision gives the same logits. Bound: max |diff| <= 1e-4 * max(1, max |reference|).
 
-Random weights are drawn so that float32 can resolve the answer to the bound: the last
-BatchNorm of each residual branch gets its weight from U(0.1, 0.3), as trained ResNets have
-(every other BatchNorm: U(0.5, 1.5)). With U(0.5, 1.5) everywhere the residual stream of the
+Random weights are drawn so that float32 can resolve the answer to the bound (conftest's
+``torch_model``): with U(0.5, 1.5) BatchNorm weights everywhere, the residual stream of the
 101/152-layer nets grows until torch itself, float32 against float64, differs by 1.6e-4 in
 train mode (resnet101, 99x99, batch 2), and ours is as close to float64 as torch's is; with
-this init torch float32 vs float64 is 1.6e-6 and ours vs torch 1.7e-6 (same case).
+the conftest init torch float32 vs float64 is 1.6e-6 and ours vs torch 1.7e-6 (same case).
 
 Set RESNET_FLAX_PARITY_REPORT=path.json to write the measured worst case per model.
 """
@@ -25,55 +24,14 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.convert import count_parameters, export_torchvision, load_torchvision
+from resnet_flax.io.convert import export_torchvision, load_torchvision
+from resnet_flax.models.registry import count_parameters
 
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[torch]'")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-BOUND = 1e-4
 SIZES = (224, 99)
 _REPORT: dict[str, dict[str, float]] = {}
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    """max |out - ref| / max(1, max |ref|): the quantity the bound applies to."""
-    return float(np.abs(out - ref).max() / max(1.0, float(np.abs(ref).max())))
-
-
-def torch_model(name: str, seed: int) -> torch.nn.Module:
-    """torchvision's model with random weights and non-trivial BatchNorm state."""
-    torch.manual_seed(seed)
-    options = {"dropout": 0.0} if name.startswith("vgg") else {}
-    model = torchvision.models.get_model(name, weights=None, **options)
-    resnet = torchvision.models.resnet
-    residual_last = {
-        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
-        for b in model.modules()
-        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
-    }
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
-                m.weight.uniform_(low, high, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.num_batches_tracked.fill_(7)
-    return model
-
-
-def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-
-
-def options(name: str) -> dict:
-    return {"dropout": 0.0} if name.startswith("vgg") else {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,10 +43,10 @@ def _report():
 
 
 @pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
-def test_torchvision_parity(name: str) -> None:
-    tmodel = torch_model(name, seed=0)
-    state = state_dict_numpy(tmodel)
-    model, variables = load_torchvision(name, state, **options(name))
+def test_torchvision_parity(name: str, parity) -> None:
+    tmodel = parity.torch_model(name, seed=0)
+    state = parity.state_dict_numpy(tmodel)
+    model, variables = load_torchvision(name, state, **parity.options(name))
     report = _REPORT.setdefault(name, {})
 
     # import -> export returns identical arrays (num_batches_tracked included)
@@ -107,20 +65,20 @@ def test_torchvision_parity(name: str) -> None:
 
             tmodel.eval()
             with torch.no_grad():
-                ref = tmodel(nchw(x)).numpy()
-            err = rel_err(np.asarray(eval_fn(variables, x)), ref)
+                ref = tmodel(parity.nchw(x)).numpy()
+            err = parity.rel_err(np.asarray(eval_fn(variables, x)), ref)
             report[f"eval_{size}"] = err
-            assert err <= BOUND, f"{name} eval logits at {size}: relative error {err:.2e}"
+            assert err <= parity.BOUND, f"{name} eval logits at {size}: relative error {err:.2e}"
 
             tmodel.train()  # one train-mode forward: logits and updated running statistics
             with torch.no_grad():
-                ref = tmodel(nchw(x)).numpy()
-            ref_state = state_dict_numpy(tmodel)
+                ref = tmodel(parity.nchw(x)).numpy()
+            ref_state = parity.state_dict_numpy(tmodel)
             tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
             logits, updated = train_fn(variables, x)
-            err = rel_err(np.asarray(logits), ref)
+            err = parity.rel_err(np.asarray(logits), ref)
             report[f"train_{size}"] = err
-            assert err <= BOUND, f"{name} train logits at {size}: relative error {err:.2e}"
+            assert err <= parity.BOUND, f"{name} train logits at {size}: relative error {err:.2e}"
 
             ours = export_torchvision(name, {"params": variables["params"], **updated})
             worst = 0.0
@@ -128,25 +86,27 @@ def test_torchvision_parity(name: str) -> None:
                 if key.endswith("num_batches_tracked"):
                     np.testing.assert_array_equal(ours[key], ref_value, err_msg=key)
                 elif key.endswith(("running_mean", "running_var")):
-                    worst = max(worst, rel_err(ours[key], ref_value))
+                    worst = max(worst, parity.rel_err(ours[key], ref_value))
             report[f"stats_{size}"] = worst
-            assert worst <= BOUND, f"{name} running stats at {size}: relative error {worst:.2e}"
+            assert worst <= parity.BOUND, (
+                f"{name} running stats at {size}: relative error {worst:.2e}"
+            )
 
     # a Flax-initialised model, exported, loads into torchvision and gives the same logits
-    flax_model = resnet_flax.create_model(name, **options(name))
+    flax_model = resnet_flax.create_model(name, **parity.options(name))
     x = rng.standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
     flax_vars = jax.jit(lambda: flax_model.init(jax.random.key(1), x[:1], train=False))()
     with torch.device("meta"):  # no time spent on torch's own initialisation
-        fresh = torchvision.models.get_model(name, weights=None, **options(name)).eval()
+        fresh = torchvision.models.get_model(name, weights=None, **parity.options(name)).eval()
     fresh.load_state_dict(
         {k: torch.from_numpy(v) for k, v in export_torchvision(name, flax_vars).items()},
         strict=True,
         assign=True,
     )
     with torch.no_grad(), jax.default_matmul_precision("highest"):
-        err = rel_err(np.asarray(eval_fn(flax_vars, x)), fresh(nchw(x)).numpy())
+        err = parity.rel_err(np.asarray(eval_fn(flax_vars, x)), fresh(parity.nchw(x)).numpy())
     report["flax_init_export"] = err
-    assert err <= BOUND, f"{name} Flax-initialised, exported: relative error {err:.2e}"
+    assert err <= parity.BOUND, f"{name} Flax-initialised, exported: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import create_model, fold_batch_norm, onednn
-from resnet_flax.postops import plan
+from resnet_flax import create_model, fold_batch_norm
+from resnet_flax.cpu import onednn
+from resnet_flax.cpu.postops import plan
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 

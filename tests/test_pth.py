@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from resnet_flax.pth import (
+from resnet_flax.io.pth import (
     CheckpointError,
     UnsafeCheckpointError,
     read_pth,
@@ -125,7 +125,7 @@ def test_torch_free_round_trip(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from tests.test_pth import _all_dtypes\n"
-        "from resnet_flax.pth import write_pth\n"
+        "from resnet_flax.io.pth import write_pth\n"
         f"write_pth({str(path)!r}, _all_dtypes())\n"
         "assert 'torch' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n"
     )

@@ -20,17 +20,20 @@ import pytest
 from ml_collections import ConfigDict
 
 from resnet_flax import create_model
-from resnet_flax.resnet import BasicBlock, ResNet
-from train import parallel
-from train.data import augment_cifar
-from train.state import (
-    create_train_state,
+from resnet_flax.models.registry import init_variables
+from resnet_flax.models.resnet import BasicBlock, ResNet
+from resnet_flax.train import parallel
+from resnet_flax.train.data import augment_cifar
+from resnet_flax.train.optim import decay_mask, make_optimizer, make_schedule
+from resnet_flax.train.state import new_train_state
+from resnet_flax.train.step import (
     cross_entropy,
-    decay_mask,
-    make_optimizer,
-    make_schedule,
+    eval_metrics_zeros,
+    make_eval_step,
+    make_train_step,
+    synced_batch_norm,
+    train_metrics_zeros,
 )
-from train.step import eval_metrics_zeros, make_eval_step, make_train_step, train_metrics_zeros
 
 SIZE, BATCH, STEPS = 16, 16, 3
 
@@ -49,12 +52,6 @@ def blocky_images(rng: np.random.Generator, n: int) -> np.ndarray:
     a last-bit difference in summation order flips a unit and the comparison fails."""
     small = rng.integers(0, 256, (n, SIZE // 4, SIZE // 4, 3), dtype=np.uint8)
     return np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
-
-
-def init(model, size: int) -> dict:
-    """Initial variables, quickly: one jitted init with XLA's RngBitGenerator keys."""
-    x = jnp.zeros((1, size, size, 3))
-    return jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -78,17 +75,13 @@ def train_on(mesh, sync: bool, steps: int = STEPS):
     """``steps`` SGD steps of a small ResNet on an in-memory data set, augmentation on."""
     model = small_resnet("batch" if sync else None)
     tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
-    variables = init(model, SIZE)
-    state = jax.device_put(
-        create_train_state(model.apply, variables, tx), parallel.replicated(mesh)
-    )
+    variables = init_variables(model, SIZE)
+    state = new_train_state(model, variables, tx, parallel.replicated(mesh))
     rng = np.random.default_rng(0)
     data = {"image": blocky_images(rng, 64), "label": rng.integers(0, 10, 64, dtype=np.int32)}
     data = parallel.replicate(mesh, data)
     sums = parallel.replicate(mesh, train_metrics_zeros())
-    step = make_train_step(
-        mesh, num_classes=10, normalize=normalize, augment=augment_cifar, sync_batch_norm=sync
-    )
+    step = make_train_step(mesh, model, num_classes=10, normalize=normalize, augment=augment_cifar)
     first_stats = None
     for i in range(steps):
         index = np.arange(i * BATCH, (i + 1) * BATCH, dtype=np.int32)
@@ -269,11 +262,11 @@ def test_label_smoothing_is_torch_cross_entropy():
 def test_freeze_backbone_trains_the_head_only():
     mesh = parallel.make_mesh()
     model = create_model("lenet5", num_classes=4)
-    variables = init(model, 32)
+    variables = init_variables(model, 32)
     config = optimizer_config(freeze_backbone=True)
     tx = make_optimizer(config, optax.constant_schedule(0.1), head=type(model).head)
-    state = create_train_state(model.apply, variables, tx)
-    step = make_train_step(mesh, num_classes=4, normalize=normalize, sync_batch_norm=False)
+    state = new_train_state(model, variables, tx)
+    step = make_train_step(mesh, model, num_classes=4, normalize=normalize)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, 8, dtype=np.int32)}  # fmt: skip
@@ -288,13 +281,11 @@ def test_freeze_backbone_trains_the_head_only():
 def test_bfloat16_computes_in_bf16_with_float32_state():
     mesh = parallel.make_mesh()
     model = small_resnet(None, dtype=jnp.bfloat16)
-    variables = init(model, SIZE)
+    variables = init_variables(model, SIZE)
     tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
-    state = jax.device_put(
-        create_train_state(model.apply, variables, tx), parallel.replicated(mesh)
-    )
+    state = new_train_state(model, variables, tx, parallel.replicated(mesh))
     bf16 = lambda images: normalize(images).astype(jnp.bfloat16)  # noqa: E731
-    step = make_train_step(mesh, num_classes=10, normalize=bf16, sync_batch_norm=False)
+    step = make_train_step(mesh, model, num_classes=10, normalize=bf16)
     rng = np.random.default_rng(0)
     batch = {"image": blocky_images(rng, 8), "label": rng.integers(0, 10, 8, dtype=np.int32)}
     sums = parallel.replicate(mesh, train_metrics_zeros())
@@ -311,15 +302,15 @@ def test_eval_step_masks_padding_and_counts_top5():
     """Masked rows count nowhere; flip TTA averages softmaxes; top-5 at >= 100 classes."""
     mesh = parallel.make_mesh()
     model = create_model("lenet5", num_classes=100)
-    variables = init(model, 32)
+    variables = init_variables(model, 32)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, 8, dtype=np.int32)
     mask = np.array([True] * 5 + [False] * 3)
     batch = parallel.global_batch(mesh, {"image": images, "label": labels, "mask": mask})
     for tta in (False, True):
-        step = make_eval_step(mesh, model.apply, num_classes=100, normalize=normalize, flip_tta=tta)
-        sums = jax.device_get(step(variables, eval_metrics_zeros(True), batch, None))
+        step = make_eval_step(mesh, model, num_classes=100, normalize=normalize, flip_tta=tta)
+        sums = jax.device_get(step(variables, eval_metrics_zeros(100), batch, None))
         x = normalize(jnp.asarray(images[:5]))
         probs = jax.nn.softmax(model.apply(variables, x))
         if tta:
@@ -331,6 +322,14 @@ def test_eval_step_masks_padding_and_counts_top5():
         assert sums["correct"] == (probs.argmax(-1) == labels[:5]).sum()
         top5 = (np.argsort(-probs, -1)[:, :5] == labels[:5, None]).any(-1).sum()
         assert sums["correct5"] == top5
+
+
+def test_the_step_takes_its_batch_norm_axis_from_the_model():
+    """One source of truth: a model synced over another axis is refused, not half-synced."""
+    mesh = parallel.make_mesh()
+    assert synced_batch_norm(small_resnet("batch")) and not synced_batch_norm(small_resnet(None))
+    with pytest.raises(ValueError, match="axis_name is 'devices'.*axis_name='batch'"):
+        make_train_step(mesh, small_resnet("devices"), num_classes=10, normalize=normalize)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""Fixtures and helpers the test modules share (no test module imports another).
+
+- ``tiny_config``: the trainer's smallest real run, as a factory of validated configs;
+  ``config_file`` writes one as JSON for a test's subprocess, which reads it back with
+  ``ConfigDict(json.loads(text))``.
+- ``parity``: torchvision reference models and the parity bound the parity tests apply.
+- A persistent JAX compilation cache per session, so a program compiled by one test is not
+  compiled again by the next.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from resnet_flax.train.config import validate
+from resnet_flax.train.configs import _base
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY_BOUND = 1e-4  # max |ours - torchvision| / max(1, max |torchvision|)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def make_tiny_config(check: bool = True, **overrides) -> ConfigDict:
+    """resnet20 at 16x16 on 128 digits: 4 steps per epoch, 2 epochs, 3 eval batches."""
+    config = _base.get_config()
+    config.update(
+        name="tiny",
+        model="resnet20",
+        dataset="digits",
+        train_split="train[:128]",
+        eval_split="test[:80]",  # 3 eval batches of 32, the last one padded
+        image_size=16,
+        num_classes=10,
+        augment=True,
+        num_epochs=2,
+        batch_size=32,
+        eval_batch_size=32,
+        learning_rate=0.05,
+        log_every_steps=2,
+        keep_checkpoints=2,
+        keep_best=1,
+    )
+    config.update(overrides)
+    return validate(config) if check else config
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., ConfigDict]:
+    return make_tiny_config
+
+
+@pytest.fixture
+def config_file(tmp_path) -> Callable[..., Path]:
+    """``write(config, name="config.json") -> path``: a config as JSON, for a subprocess."""
+
+    def write(config: ConfigDict, name: str = "config.json") -> Path:
+        path = tmp_path / name
+        path.write_text(config.to_json())
+        return path
+
+    return write
+
+
+# --------------------------------------------------------------------- torchvision references
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max(1, max |ref|): the quantity the parity bound applies to."""
+    return float(np.abs(out - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def torch_model(name: str, seed: int):
+    """torchvision's model with random weights and non-trivial BatchNorm state.
+
+    The last BatchNorm of each residual branch gets its weight from U(0.1, 0.3), as trained
+    ResNets have (every other BatchNorm: U(0.5, 1.5)), so that float32 resolves the answer to
+    the bound: with U(0.5, 1.5) everywhere the residual stream of the 101/152-layer nets grows
+    until torch itself, float32 against float64, differs by more than the bound.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None, **model_options(name))
+    resnet = torchvision.models.resnet
+    residual_last = {
+        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
+        for b in model.modules()
+        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
+    }
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
+                m.weight.uniform_(low, high, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def nchw(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def model_options(name: str) -> dict:
+    """Options on both sides: VGG without dropout, whose masks are random."""
+    return {"dropout": 0.0} if name.startswith("vgg") else {}
+
+
+@pytest.fixture(scope="session")
+def parity() -> types.SimpleNamespace:
+    """The parity tests' bound, error measure and torchvision reference models."""
+    return types.SimpleNamespace(
+        BOUND=PARITY_BOUND,
+        rel_err=rel_err,
+        torch_model=torch_model,
+        state_dict_numpy=state_dict_numpy,
+        nchw=nchw,
+        options=model_options,
+    )
