@@ -3,8 +3,10 @@ float64 autograd, in every geometry the models use and the odd ones they might."
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -183,3 +185,41 @@ def test_library_can_be_turned_off_or_pointed_elsewhere(monkeypatch):
         onednn.library.cache_clear()
         monkeypatch.delenv(onednn.ENV)
         assert onednn.available() and onednn.version().startswith("3.")
+
+
+def test_plans_are_built_with_the_thread_count_they_run_with(monkeypatch):
+    """oneDNN splits a primitive's work by the OpenMP thread count it sees when it creates
+    it; XLA's threads start at OpenMP's default. A plan built at the default but run with
+    ``threads()`` summed its kernel gradient in an order that depended on which thread built
+    it (a flaky two-process comparison)."""
+    gomp = ctypes.CDLL("libgomp.so.1")
+    default = []
+    fresh = threading.Thread(target=lambda: default.append(gomp.omp_get_max_threads()))
+    fresh.start()
+    fresh.join()
+    if default[0] < 2:
+        pytest.skip("OpenMP's default is one thread here: nothing to tell apart")
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def record(*args):
+        seen.append(gomp.omp_get_max_threads())
+        raise Built
+
+    monkeypatch.setattr(onednn, "_Plan", record)
+    runtime = onednn._Runtime(onednn.library(), threads=1)
+    errors = []
+
+    def call():
+        try:
+            runtime.run("fwd", [], [], (1,) * len(onednn.FIELDS))
+        except Built as built:
+            errors.append(built)
+
+    thread = threading.Thread(target=call)  # a fresh thread, as XLA's are at first
+    thread.start()
+    thread.join()
+    assert errors and seen == [1]

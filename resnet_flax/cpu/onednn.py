@@ -336,9 +336,12 @@ class _Runtime:
 
     def run(self, kind: str, operands: list[int], results: list[int], geometry: tuple) -> None:
         """One FFI call of ``kind`` on XLA's buffers."""
+        # Before the plan is built: oneDNN splits a primitive's work by the thread count it sees
+        # when it creates it, and XLA's threads start with OpenMP's default count. Set after,
+        # the summation order of a kernel gradient depended on which thread built its plan.
+        self.omp_set_num_threads(self.threads)
         plan = self.plan(kind, geometry)
         pointers = dict(zip(plan.operands, [*operands, *results], strict=True))
-        self.omp_set_num_threads(self.threads)
         plan.run(self.local.stream, pointers)
 
 
