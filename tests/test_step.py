@@ -8,6 +8,7 @@ on a 1-device mesh and on the 8-device mesh and saves both results.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,31 @@ def run_devices(out: str) -> None:
         tree = {"params": state.params, "batch_stats": state.batch_stats, "sums": sums,
                 "first_stats": first_stats}  # fmt: skip
         results.update({f"{name}/{k}": v for k, v in flat(tree).items()})
+    for impl in ("plain", "cpu"):
+        results[f"all_reduces/{impl}"] = np.asarray(resnet50_all_reduces(eight, impl))
     np.savez(out, **results)
+
+
+def resnet50_all_reduces(mesh, impl: str) -> int:
+    """All-reduce instructions in the compiled synced-BatchNorm train step of resnet50."""
+    model = create_model("resnet50", num_classes=10, axis_name="batch", impl=impl)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = jax.eval_shape(
+        lambda v: new_train_state(model, v, tx), init_variables(model, abstract=True)
+    )
+    sums = jax.eval_shape(train_metrics_zeros)
+    replicated, split = parallel.replicated(mesh), jax.NamedSharding(mesh, jax.P("batch"))
+    state, sums = (
+        jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), t)
+        for t in (state, sums)
+    )
+    batch = {
+        "image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.uint8, sharding=split),
+        "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=split),
+    }
+    step = make_train_step(mesh, model, num_classes=10, normalize=normalize)
+    hlo = step.lower(state, sums, batch, None).compile().as_text()
+    return len(re.findall(r"\ball-reduce(?:-start)?\(", hlo))
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +162,17 @@ def test_eight_devices_train_like_one(device_runs):
     assert one["['sums']['count']"] == STEPS * BATCH
     # the run did something: params moved away from their init
     assert not np.allclose(one["['params']['fc']['bias']"], 0.0)
+
+
+@pytest.mark.parametrize("impl", ["plain", "cpu"])
+def test_synced_batch_norm_is_one_all_reduce_per_layer(device_runs, impl):
+    """resnet50's 53 synced BatchNorms: one all-reduce each way (mean and mean of squares
+    stacked in the forward, the two gradient sums stacked in the CPU VJP), plus the parameter
+    gradients' (XLA combines those into a few) and the step's metrics. Two dependent
+    all-reduces per layer each way would be over 200."""
+    norms = 53
+    count = int(device_runs[f"all_reduces/{impl}"])
+    assert count <= 2 * norms, f"{impl}: {count} all-reduces in the compiled train step"
 
 
 def test_unsynced_batch_norm_averages_running_statistics(device_runs):

@@ -26,6 +26,7 @@ from resnet_flax.cpu import onednn
 from resnet_flax.models.layers import (
     Kernels,
     affine,
+    global_moments,
     max_pool_plain,
     register_kernels,
     statistics_count,
@@ -114,10 +115,11 @@ def _batch_norm_fused(x, scale, bias, epsilon, axis_name, dtype):
 
 
 def _batch_norm_fused_fwd(x, scale, bias, epsilon, axis_name, dtype):
-    n = statistics_count(x, axis_name)
+    n = statistics_count(x, None)  # this device's values
     x32 = x.astype(jnp.float32)
-    mean = _psum(_channel_sums(x32), axis_name) / n
-    var = _psum(_channel_sums(jnp.square(x32 - mean)), axis_name) / n  # two-pass, as torch
+    mean = _channel_sums(x32) / n
+    var = _channel_sums(jnp.square(x32 - mean)) / n  # two-pass, as torch
+    mean, var = global_moments(mean, var, axis_name)
     y = affine(x, scale, bias, mean, var, epsilon, dtype)
     return (y, mean, var), (x, scale, mean, var)
 
@@ -140,7 +142,7 @@ def _batch_norm_fused_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     x32, dy32 = x.astype(jnp.float32), dy.astype(jnp.float32)
     dbias = _channel_sums(dy32)
     dscale = _channel_sums(dy32 * (x32 - mean)) * inv
-    total_dbias, total_dscale = _psum(dbias, axis_name), _psum(dscale, axis_name)
+    total_dbias, total_dscale = _psum(jnp.stack([dbias, dscale]), axis_name)  # one all-reduce
     # dx = scale*inv * (dy - mean(dy) - xhat * mean(dy * xhat)) + the statistics' cotangents
     dy_scale = scale * inv
     centred_scale = 2 * dvar / n - dy_scale * inv * total_dscale / n

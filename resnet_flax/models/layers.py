@@ -194,13 +194,27 @@ def batch_norm_plain(x, scale, bias, epsilon, axis_name, dtype):
     axes = tuple(range(x.ndim - 1))
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axes)
-    if axis_name is not None:
-        mean = jax.lax.pmean(mean, axis_name)
     # Two-pass variance: E[(x - mean)^2], as precise as torch's.
     var = jnp.mean(jnp.square(x32 - mean), axes)
-    if axis_name is not None:
-        var = jax.lax.pmean(var, axis_name)
+    mean, var = global_moments(mean, var, axis_name)
     return affine(x, scale, bias, mean, var, epsilon, dtype), mean, var
+
+
+def global_moments(
+    mean: jax.Array, var: jax.Array, axis_name: str | None
+) -> tuple[jax.Array, jax.Array]:
+    """The global batch's mean and biased variance from each device's own, in one all-reduce.
+
+    The devices average ``[mean, var + mean**2]`` (mean and mean of squares) as one stacked
+    array: a synced BatchNorm then costs one latency-bound all-reduce instead of two dependent
+    ones. Each device's variance is still two-pass, so only the spread of the per-device
+    means goes through ``E[x^2] - E[x]^2``. Every device holds the same number of values,
+    so the plain average is the global one.
+    """
+    if axis_name is None:
+        return mean, var
+    mean, mean_sq = jax.lax.pmean(jnp.stack([mean, var + jnp.square(mean)]), axis_name)
+    return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
 def max_pool(

@@ -3,8 +3,9 @@
 Recipe: SGD momentum 0.9, lr 0.1 x batch / 256 (the linear scaling rule; 0.4 at batch 1024),
 5 epochs of linear warmup, lr / 10 at epochs 30, 60 and 80, 90 epochs, weight decay 1e-4 not
 applied to BatchNorm's scale and bias, the last BatchNorm of each residual block initialised
-to zero (zero_init_residual), BatchNorm statistics per device (not synchronised), random-resized
-crop + flip at 224. bfloat16 compute. If you change batch_size, set learning_rate to
+to zero (zero_init_residual), BatchNorm statistics per device (``sync_batch_norm=False``: the
+paper normalises over each worker's own 32 images, and its batch-size results depend on that),
+random-resized crop + flip at 224. bfloat16 compute. If you change batch_size, set learning_rate to
 0.1 x batch_size / 256.
 
 Data: TFDS ``imagenet2012`` needs the archives downloaded by hand into its manual directory
@@ -43,5 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_boundaries = (30, 60, 80)
     config.lr_decay_factor = 0.1
     config.dtype = "bfloat16"
+    config.sync_batch_norm = False  # Goyal et al.: per-worker statistics (see the docstring)
     config.log_every_steps = 100
     return config
