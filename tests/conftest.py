@@ -6,9 +6,18 @@
 - ``parity``: torchvision reference models and the parity bound the parity tests apply.
 - A persistent JAX compilation cache per session, so a program compiled by one test is not
   compiled again by the next.
+
+The tests run on the CPU whatever the machine has (``JAX_PLATFORMS=cpu`` unless set): the
+parity bounds are float32 CPU bounds, and ``impl="cpu"`` needs the CPU backend. The
+``accelerator`` tests ask for the accelerator:
+``JAX_PLATFORMS=cuda python -m pytest -m accelerator`` (or ``tpu``).
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported
 
 import types
 from collections.abc import Callable

@@ -1,7 +1,10 @@
 """The package as users install it: a wheel, in a fresh virtual environment, run from outside
 the checkout. The core install first (models, converters, inference), then the [train] extra.
 
-Slow (two pip installs, from PyPI or pip's cache), so marked ``slow``; CI runs it.
+Then the project installed with ``--no-deps`` next to a JAX that is already there, the
+oldest releases ``pyproject.toml`` admits (the newest are what the test command installs).
+
+Slow (pip installs, from PyPI or pip's cache), so marked ``slow``; CI runs it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ ROUND_TRIP = textwrap.dedent(
 )
 
 
+# The oldest releases pyproject.toml admits, with the [train] extra's other packages.
+OLDEST = ["jax==0.9.2", "jaxlib==0.9.2", "flax==0.12.6", "optax==0.2.8", "orbax-checkpoint==0.12.8"]
+TRAIN_REST = ["ml_collections", "tensorflow-datasets", "importlib_resources", "grain",
+              "opencv-python-headless", "scikit-learn", "tensorboardX", "matplotlib",
+              "safetensors", "pillow", "tqdm"]  # fmt: skip
+
+
+def build_wheel(dist: Path) -> Path:
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], ROOT)
+    (wheel,) = dist.glob("resnet_flax-*.whl")
+    return wheel
+
+
 def run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
@@ -50,8 +66,7 @@ def run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
 def test_the_wheel_works_outside_the_checkout(tmp_path):
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], ROOT)
-    (wheel,) = dist.glob("resnet_flax-*.whl")
+    wheel = build_wheel(dist)
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.startswith("resnet_flax-")}
     assert top_level == {"resnet_flax"}, "no generic top-level names in site-packages"
@@ -84,3 +99,26 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
         work, timeout=900,
     )  # fmt: skip
     assert '"step": 2' in trained.stdout and (work / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_no_deps_install_next_to_the_oldest_supported_jax(tmp_path):
+    """A machine that has JAX already (as the lent GPU machine, which has no network):
+    ``pip install --no-deps`` of the project gives a working trainer on what is there."""
+    venv, work = tmp_path / "venv", tmp_path / "work"
+    work.mkdir()
+    wheel = build_wheel(tmp_path / "dist")
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    python = venv / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "-q", *OLDEST, *TRAIN_REST], work, timeout=1200)
+    run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], work)
+    versions = "import jax, flax; print(jax.__version__, flax.__version__)"
+    versions = run([str(python), "-c", versions], work).stdout.split()
+    assert versions == ["0.9.2", "0.12.6"]
+    run([str(python), "-c", ROUND_TRIP], work)
+    trained = run(
+        [str(venv / "bin" / "resnet-flax-train"), "--config", "resnet20_digits",
+         "--config.max_steps=2", "--workdir", str(work / "run")],
+        work, timeout=900,
+    )  # fmt: skip
+    assert '"step": 2' in trained.stdout

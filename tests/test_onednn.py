@@ -223,3 +223,36 @@ def test_plans_are_built_with_the_thread_count_they_run_with(monkeypatch):
     thread.start()
     thread.join()
     assert errors and seen == [1]
+
+
+def test_this_jaxlib_fits_the_ffi_structs():
+    from resnet_flax.cpu import xla_ffi
+
+    assert xla_ffi.incompatibility() is None
+
+
+FFI_MISFIT = """
+import warnings
+import jax, jax.numpy as jnp, numpy as np
+from resnet_flax.cpu import onednn, xla_ffi
+from resnet_flax.models.layers import conv
+xla_ffi.API_VERSION = (99, 0)  # a jaxlib whose FFI these structs do not describe
+x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+layer = conv(4, 3, impl="cpu")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    variables = layer.init(jax.random.key(0), x)
+    y = layer.apply(variables, x + 1)  # asked again: no second warning
+plain = conv(4, 3, impl="plain").apply(variables, x + 1)
+messages = [str(w.message) for w in caught if "does not fit" in str(w.message)]
+assert len(messages) == 1, [str(w.message) for w in caught]
+assert "API version (99.0) is incompatible" in messages[0] and not onednn.available()
+np.testing.assert_allclose(y, plain, rtol=1e-5, atol=1e-5)
+print("fell back")
+"""
+
+
+def test_a_jaxlib_whose_ffi_does_not_fit_falls_back_to_xla_with_one_warning():
+    done = subprocess.run([sys.executable, "-c", FFI_MISFIT], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fell back" in done.stdout

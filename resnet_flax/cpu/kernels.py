@@ -22,7 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.cpu import onednn
+from resnet_flax.cpu import jax_compat, onednn
 from resnet_flax.models.layers import (
     Kernels,
     affine,
@@ -84,13 +84,8 @@ def vary_like(x: jax.Array, p: jax.Array) -> jax.Array:
     """``p`` marked as varying over the manual mesh axes ``x`` varies over (inside
     ``shard_map``), so a custom VJP may return a per-device gradient for it; the transpose of
     this cast then sums those over the devices, as autodiff does for the plain version."""
-    varying = _varying(x) - _varying(p)
+    varying = jax_compat.varying_axes(x) - jax_compat.varying_axes(p)
     return jax.lax.pcast(p, tuple(sorted(varying)), to="varying") if varying else p
-
-
-def _varying(x: jax.Array) -> frozenset:
-    manual = getattr(jax.typeof(x), "manual_axis_type", None)
-    return frozenset(getattr(manual, "varying", ()))
 
 
 def _channel_sums(x: jax.Array) -> jax.Array:

@@ -25,13 +25,15 @@ import functools
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
-from resnet_flax.cpu import xla_ffi
+from resnet_flax.cpu import jax_compat, xla_ffi
 
 ENV = "RESNET_FLAX_ONEDNN"
 THREADS_ENV = "RESNET_FLAX_ONEDNN_THREADS"
@@ -87,8 +89,24 @@ def version() -> str | None:
 
 
 def available() -> bool:
-    """Whether the CPU convolutions can run through oneDNN here."""
-    return library() is not None
+    """Whether the CPU convolutions can run through oneDNN here: the library is loaded and
+    this jaxlib's FFI fits :mod:`xla_ffi`'s structs (checked once; if not, one warning, and
+    the convolutions are XLA's own)."""
+    return library() is not None and _ffi_fits()
+
+
+@functools.cache
+def _ffi_fits() -> bool:
+    problem = xla_ffi.incompatibility()
+    if problem is not None:
+        warnings.warn(
+            f"resnet_flax: oneDNN's CPU convolutions are off, XLA's own run instead: jaxlib "
+            f"{jaxlib.__version__} does not fit resnet_flax.cpu.xla_ffi: {problem}. Set "
+            f"{ENV}=0 to skip this check.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return problem is None
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -517,10 +535,7 @@ def _call(
 ) -> jax.Array:
     _runtime()
     # Inside shard_map the result varies over the mesh axes its operands vary over.
-    aval = jax.typeof(operands[0])
-    out = jax.ShapeDtypeStruct(
-        shape, jnp.float32, sharding=aval.sharding, manual_axis_type=aval.manual_axis_type
-    )
+    out = jax_compat.result_like(operands[0], shape, jnp.float32)
     call = jax.ffi.ffi_call(
         target(kind), out, vmap_method="sequential", input_output_aliases=aliases
     )

@@ -10,6 +10,8 @@ JAX with its message. The structs mirror ``xla/ffi/api/c_api.h``.
 from __future__ import annotations
 
 import ctypes
+import functools
+import threading
 from collections.abc import Callable
 
 import jax
@@ -88,6 +90,10 @@ class _Attrs(ctypes.Structure):
     ]
 
 
+class _Api(ctypes.Structure):  # the opening of XLA_FFI_Api
+    _fields_ = [*_HEADER, ("api_version", _ApiVersion)]
+
+
 class _CallFrame(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
@@ -98,8 +104,7 @@ class _CallFrame(ctypes.Structure):
         ("args", _Buffers),
         ("rets", _Buffers),
         ("attrs", _Attrs),
-        ("future", _P),
-    ]
+    ]  # (newer XLA appends fields; the probe checks the frame holds at least these)
 
 
 class _ErrorArgs(ctypes.Structure):
@@ -122,6 +127,14 @@ def _pointers(buffers: _Buffers) -> list[int]:
 def register(name: str, fn: Target) -> None:
     """Make ``fn(operands, results, attribute)`` the CPU FFI target ``name``."""
 
+    def execute(frame: _CallFrame) -> None:
+        attr = frame.attrs.items[0].contents
+        fn(_pointers(frame.args), _pointers(frame.rets), tuple(attr.data[: attr.size]))
+
+    _register(name, execute)
+
+
+def _register(name: str, execute: Callable[[_CallFrame], None]) -> None:
     def handle(frame_p):
         frame = frame_p.contents
         if frame.ext and frame.ext.contents.type == _METADATA_EXTENSION:
@@ -134,8 +147,7 @@ def register(name: str, fn: Target) -> None:
         if frame.stage != _EXECUTE:
             return None
         try:
-            attr = frame.attrs.items[0].contents
-            fn(_pointers(frame.args), _pointers(frame.rets), tuple(attr.data[: attr.size]))
+            execute(frame)
             return None
         except Exception as e:  # noqa: BLE001 -- handed to XLA, which raises it in JAX
             create = _ERROR_CREATE(frame.api[_ERROR_CREATE_SLOT])
@@ -149,3 +161,59 @@ def register(name: str, fn: Target) -> None:
     new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [_P, ctypes.c_char_p, _P]
     capsule = new_capsule(ctypes.cast(handler, _P), None, None)
     jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+
+
+_PROBE = "resnet_flax.cpu.xla_ffi.probe"
+_F32 = 11  # XLA_FFI_DataType_F32
+_PROBE_ATTR = (7, 11)
+
+
+@functools.cache
+def incompatibility() -> str | None:
+    """Why this jaxlib's FFI does not fit the structs above, or ``None`` when it does.
+
+    Checked at run time, once per process, by calling a probe target on a known operand and
+    attribute and reading back what XLA passed: the API version, the call frame's size, and
+    the operand's dtype, shape and the attribute as these structs see them. Run in a thread of
+    its own, so that it executes even when asked during a trace.
+    """
+    result: list[str | None] = []
+    thread = threading.Thread(target=lambda: result.append(_probe()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def _probe() -> str | None:
+    import numpy as np
+
+    seen: dict[str, object] = {}
+
+    def execute(frame: _CallFrame) -> None:
+        api = ctypes.cast(frame.api, ctypes.POINTER(_Api)).contents.api_version
+        operand = frame.args.items[0].contents
+        attr = frame.attrs.items[0].contents
+        seen.update(
+            api=(api.major, api.minor),
+            frame_size=frame.struct_size,
+            operand=(operand.dtype, tuple(operand.dims[i] for i in range(operand.rank))),
+            attr=tuple(attr.data[: attr.size]),
+        )
+
+    try:
+        _register(_PROBE, execute)
+        cpu = jax.local_devices(backend="cpu")[0]
+        x = jax.device_put(np.zeros((2, 3), np.float32), cpu)
+        call = jax.ffi.ffi_call(_PROBE, jax.ShapeDtypeStruct((), np.int32))
+        attr = np.asarray(_PROBE_ATTR, np.int64)
+        jax.block_until_ready(jax.jit(lambda v: call(v, attr=attr))(x))
+    except Exception as e:  # noqa: BLE001 -- any failure means: do not use these structs
+        return f"the FFI probe failed ({type(e).__name__}: {e})"
+    expected = {
+        "api": seen.get("api", (None,))[0] == API_VERSION[0] and seen["api"][1] >= API_VERSION[1],
+        "frame_size": seen.get("frame_size", 0) >= ctypes.sizeof(_CallFrame),
+        "operand": seen.get("operand") == (_F32, (2, 3)),
+        "attr": seen.get("attr") == _PROBE_ATTR,
+    }
+    wrong = [key for key, ok in expected.items() if not ok]
+    return f"XLA's FFI passed {seen} (unexpected: {', '.join(wrong)})" if wrong else None
