@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import sys
@@ -25,7 +26,7 @@ from bench.timing import interleaved, median
 from resnet_flax.cpu import backend, onednn
 from resnet_flax.train.data.augment import augment_cifar
 
-SECTIONS = ("train", "eval", "loader", "augment")
+SECTIONS = ("train", "eval", "loader", "stream", "augment")
 DEFAULT_SHAPES = "resnet18_cifar:128:32,resnet50:32:224"
 
 
@@ -132,6 +133,40 @@ def bench_loader(args) -> list[dict[str, Any]]:
     return row("loader", "RRC 224 + flip, JPEG 300-500px", "img/s/process", None, times, len(paths))
 
 
+STREAM_WORKERS = (1, 2)
+GPU_IMAGES_PER_S = 3000  # what one GPU's ResNet-50 training step consumes, roughly
+
+
+def bench_stream(args) -> list[dict[str, Any]]:
+    """The streamed ImageNet-style pipeline (data/stream.py: ImageFolder JPEGs, shuffle, decode,
+    random-resized crop + flip at 224, batches of 32) in images/s with 1 and 2 workers."""
+    batch, rounds = 32, 4
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = loader.make_folder(Path(tmp), args.jpegs)
+        for workers in STREAM_WORKERS:
+            print(f"[bench] stream: {args.jpegs} JPEGs, {workers} worker(s)", flush=True)
+            seconds = loader.stream_seconds(root, workers, batch, rounds, args.repeats, args.warmup)
+            records += row("stream", f"folder JPEG 300-500px, RRC 224, b{batch}", "img/s",
+                           None, {f"{workers} worker(s)": seconds}, batch * rounds)  # fmt: skip
+    return records
+
+
+def stream_line(records: list[dict[str, Any]]) -> str:
+    """What the 1-worker rate (one worker is one core) implies for feeding GPUs."""
+    by = {r["contestant"]: r["value"] for r in records if r["section"] == "stream"}
+    if not by:
+        return ""
+    per_core = by["1 worker(s)"]
+    rates = ", ".join(f"{who}: {value:,.0f} img/s" for who, value in by.items())
+    one, eight = GPU_IMAGES_PER_S / per_core, 8 * GPU_IMAGES_PER_S / per_core
+    return (
+        f"Streamed pipeline: {rates}. At {per_core:,.0f} img/s per worker core, one GPU "
+        f"consuming {GPU_IMAGES_PER_S:,} img/s needs {math.ceil(one)} decoding cores, "
+        f"8 of them {math.ceil(eight)}."
+    )
+
+
 def bench_augment(args) -> list[dict[str, Any]]:
     """CIFAR pad-4 crop + flip on the device, against the resnet18_cifar step it feeds."""
     batch = int(args.shapes.split(",")[0].split(":")[1]) if args.shapes else 128
@@ -155,8 +190,8 @@ def table(records: list[dict[str, Any]]) -> str:
     ]
     groups: dict[tuple[str, str], dict[str, dict]] = {}
     for r in records:
-        if r["section"] == "augment":
-            continue  # reported by augment_line
+        if r["section"] in ("augment", "stream"):
+            continue  # reported by augment_line and stream_line
         groups.setdefault((r["section"], r["shape"]), {})[r["contestant"]] = r
     label = {
         "train": "train step, img/s",
@@ -221,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         records += bench_models(args, sections)
     if "loader" in sections:
         records += bench_loader(args)
+    if "stream" in sections:
+        records += bench_stream(args)
     if "augment" in sections:
         records += bench_augment(args)
     out = {
@@ -234,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(table(records))
     print(augment_line(records))
+    print(stream_line(records))
     print("\n".join(round_lines(records)))
     print(f"[bench] wrote {args.out} ({out['wall_s']:.0f} s)")
     return 0

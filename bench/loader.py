@@ -6,6 +6,7 @@ patterns) upscaled to 300-500 px with noise and saved at quality 90, a few hundr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,3 +78,39 @@ def torchvision_pil(paths: list[Path], size: int = 224) -> Callable[[], None]:
             transform(pil_loader(str(path)))
 
     return run
+
+
+def make_folder(directory: Path, count: int) -> Path:
+    """An ImageFolder ``train`` split of ``count`` JPEGs (links to :func:`make_jpegs`'s) in 10
+    classes; returns its root (the ``data_dir``)."""
+    paths = make_jpegs(directory / "jpegs", count)
+    root = directory / "folder"
+    for i, path in enumerate(paths):
+        target = root / "train" / f"class{i % 10}" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
+    return root
+
+
+def stream_seconds(
+    root: Path, workers: int, batch: int, batches: int, repeats: int, warmup: int
+) -> list[float]:
+    """Seconds per ``batches`` batches of the trainer's streamed train pipeline, ``repeats``
+    times after ``warmup`` rounds (which also start the workers)."""
+    from resnet_flax.train.data import make_stream
+
+    stream = make_stream(
+        "folder", str(root), "train", 224, train=True, global_batch_size=batch,
+        process_index=0, process_count=1, seed=0, num_workers=workers,
+    )  # fmt: skip
+    try:
+        seconds = []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(stream)
+            if i >= warmup:
+                seconds.append(time.perf_counter() - start)
+        return seconds
+    finally:
+        stream.close()

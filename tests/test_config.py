@@ -33,7 +33,7 @@ REQUIRED_KEYS = (
 EXPECTED_CONFIGS = (
     "resnet18_cifar", "resnet20_cifar", "resnet56_cifar", "resnet110_cifar",
     "preact_resnet18_cifar", "lenet5_cifar", "resnet50_imagenet", "resnet18_imagenet",
-    "resnet34_finetune", "resnet20_digits", "fake_data_benchmark"
+    "resnet34_finetune", "resnet20_digits", "fake_data_benchmark", "resnet18_cifar_fast"
 )  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,3 +255,15 @@ def test_cli_help_lists_configs() -> None:
     )
     assert result.returncode == 0
     assert "--config.KEY=VALUE" in result.stdout and "resnet18_cifar" in result.stdout
+
+
+def test_imagenet_configs_take_batch_norm_statistics_per_device() -> None:
+    """Goyal et al.'s recipe (the docstring of resnet50_imagenet, which resnet18's follows)."""
+    for name in ("resnet50_imagenet", "resnet18_imagenet"):
+        assert load_config(name).sync_batch_norm is False, name
+
+
+def test_num_workers_is_a_count_or_minus_one_for_automatic(tiny_config) -> None:
+    assert tiny_config(num_workers=-1).num_workers == -1
+    with pytest.raises(ConfigError, match="num_workers=-2: must be >= -1"):
+        tiny_config(num_workers=-2)

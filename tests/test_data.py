@@ -564,3 +564,12 @@ def test_error_messages(tmp_path):
                     process_index=0, process_count=3, seed=0)  # fmt: skip
     with pytest.raises(DataError, match="imagenet2012 needs a data_dir.*ImageFolder layout"):
         stream_info("imagenet2012", None, "train")
+
+
+def test_default_worker_count_leaves_one_core_per_local_device(monkeypatch):
+    from resnet_flax.train.data import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert default_num_workers(1) == 15  # one GPU on a 16-core host
+    assert default_num_workers(8) == 8
+    assert default_num_workers(32) == 1  # never none

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -129,14 +130,46 @@ def test_array_input_eval_sees_every_example_once():
 
 
 def worker(mode: str, workdir: str, config_path: str) -> None:
-    """A subprocess: one of the two distributed processes, or the 2-device reference."""
+    """A subprocess: one of the two distributed processes, or the 2-device reference.
+
+    ``preempt``: process 1 sends itself SIGTERM after step 2. ``corrupt``: process 1 cannot
+    read the latest checkpoint (its view of it is broken), process 0 can.
+    """
+    import orbax.checkpoint as ocp
+
+    from resnet_flax.train import loop
     from resnet_flax.train.checkpoint import load_variables
-    from resnet_flax.train.loop import train_and_evaluate
 
     config = ConfigDict(json.loads(Path(config_path).read_text()))
-    result = train_and_evaluate(config, workdir)  # initialises jax.distributed
-    assert jax.device_count() == 2 and result["step"] == 4
-    assert jax.process_count() == (2 if mode == "process" else 1)
+    if mode == "preempt":
+        original_stop = loop._StopRequest.stop
+
+        def stop(self):
+            if jax.process_index() == 1 and self._votes._pending is not None and not calls:
+                calls.append(os.kill(os.getpid(), signal.SIGTERM))  # during the second step
+            return original_stop(self)
+
+        calls = []
+
+        loop._StopRequest.stop = stop
+    if mode == "corrupt":
+        original_metadata = ocp.CheckpointManager.item_metadata
+        steps = (Path(workdir) / "checkpoints").iterdir()
+        broken = max(int(p.name) for p in steps if p.name.isdigit())
+
+        def item_metadata(self, step):
+            if jax.process_index() == 1 and step == broken:
+                raise FileNotFoundError(f"injected: step {step} unreadable on process 1")
+            return original_metadata(self, step)
+
+        ocp.CheckpointManager.item_metadata = item_metadata
+    result = loop.train_and_evaluate(config, workdir)  # initialises jax.distributed
+    print("RESULT", json.dumps({"step": result["step"], "interrupted": result["interrupted"]}))
+    assert jax.device_count() == 2
+    assert jax.process_count() == (1 if mode == "reference" else 2)
+    if mode == "preempt":
+        return
+    assert result["step"] == config.max_steps
     variables, _, _ = load_variables(workdir, parallel.make_mesh())  # a collective
     if jax.process_index() == 0:
         leaves = jax.tree.leaves_with_path(jax.device_get(variables))
@@ -199,6 +232,80 @@ def test_two_processes_train_like_one(tmp_path, tiny_config, config_file):
     # process 0 alone writes metrics
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_prefetch_keeps_two_batches_in_flight_and_closes_its_source():
+    pulled, closed = [], []
+
+    def source():
+        try:
+            for i in range(5):
+                pulled.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    batches = parallel.Prefetched(source())
+    assert pulled == [0, 1]  # two batches on their way before the first step asks
+    assert next(batches) == 0 and pulled == [0, 1, 2]  # the step takes one, one more starts
+    assert next(batches) == 1 and pulled == [0, 1, 2, 3]
+    batches.close()
+    assert closed == [True]
+    assert list(parallel.Prefetched(iter(range(3)))) == [0, 1, 2]  # nothing lost at the end
+    unstarted = parallel.Prefetched(source())
+    unstarted.close()  # closed before any step: the source is closed all the same
+    assert closed == [True, True]
+
+
+def two_processes(mode: str, workdir: Path, config: Path) -> list[str]:
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        launch(mode, workdir, config, {"JAX_COORDINATOR_ADDRESS": address,
+                                       "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for i, process in enumerate(processes):
+        assert process.returncode == 0, f"process {i}: {outputs[i][-3000:]}"
+    return outputs
+
+
+def result_of(output: str) -> dict:
+    return json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
+
+
+def test_preemption_and_a_checkpoint_one_process_cannot_read_are_agreed(
+    tmp_path, tiny_config, config_file
+):
+    """SIGTERM to process 1 after step 2: both processes vote on it then, stop after step 3
+    and save it. The
+    resumed run finds the latest checkpoint unreadable on process 1 only: both fall back to
+    the same earlier step, and the run ends where an uninterrupted one does, exactly."""
+    config = config_file(tiny_config(sync_batch_norm=True, max_steps=6, checkpoint_every_steps=2))
+    first = [result_of(out) for out in two_processes("preempt", tmp_path / "two", config)]
+    assert first[0] == first[1] and first[0]["interrupted"], first
+    stopped = first[0]["step"]
+    assert stopped == 3  # the vote cast after step 2 is read after step 3
+    saved = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()
+                   if p.name.isdigit())  # fmt: skip
+    assert saved[-1] == stopped and len(saved) >= 2
+    outputs = two_processes("corrupt", tmp_path / "two", config)
+    for output in outputs:
+        assert f"resuming from step {saved[-2]} instead" in output, output[-2000:]
+        assert result_of(output)["step"] == 6
+    reference = launch(
+        "reference", tmp_path / "one", config,
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )  # fmt: skip
+    output, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, output[-3000:]
+    with (
+        np.load(tmp_path / "two" / "corrupt.npz") as two,
+        np.load(tmp_path / "one" / "reference.npz") as one,
+    ):
+        assert sorted(two.files) == sorted(one.files) and len(one.files) > 50
+        for key in one.files:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 if __name__ == "__main__":

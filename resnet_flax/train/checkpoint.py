@@ -11,6 +11,8 @@ Restore reads onto an abstract tree whose leaves carry the current mesh's shardi
 checkpoint written on 8 devices restores on 1 (and the reverse). A step that cannot be read
 (truncated, corrupt) is skipped with a warning naming its directory, and the previous one is
 tried; if none can be read, :class:`CheckpointError` names the step directory and the file.
+With several processes the candidates are process 0's, and a step that fails on any process
+is skipped by all, so every process resumes from the same step.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
-from resnet_flax.train.parallel import replicated
+from resnet_flax.train.parallel import any_process, replicated
 
 STATE, META = "state", "meta"
 
@@ -106,7 +109,7 @@ class Checkpoints:
         skipped, newest first, with a warning; with ``quarantine`` they are also renamed to
         ``<step>.corrupt`` (once an older step has restored) so training can save past them.
         """
-        steps = [s for s in reversed(self.all_steps()) if step is None or s <= step]
+        steps = _agreed([s for s in reversed(self.all_steps()) if step is None or s <= step])
         if step is not None and step not in steps:
             raise CheckpointError(f"no checkpoint at step {step} in {self.directory}.")
         failures: list[tuple[int, BaseException]] = []
@@ -114,10 +117,17 @@ class Checkpoints:
             args = ocp.args.Composite(
                 **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
             )
-            try:
-                restored = self._manager.restore(candidate, args=args)
-            except (ValueError, OSError, KeyError, RuntimeError) as error:
-                failures.append((candidate, error))
+            # Every process restores the same step: one that fails anywhere is skipped by all.
+            # The check before the (collective) restore reads the step's metadata locally, so
+            # a step one process cannot see is agreed on before any process starts reading it.
+            error = self._unreadable_here(candidate)
+            if not any_process(error is not None):
+                try:
+                    restored = self._manager.restore(candidate, args=args)
+                except (ValueError, OSError, KeyError, RuntimeError) as e:
+                    error = e
+            if any_process(error is not None):
+                failures.append((candidate, error or _ElsewhereError(candidate)))
                 continue
             for bad, error in failures:
                 where = self.directory / str(bad)
@@ -138,6 +148,14 @@ class Checkpoints:
             f"to start over, or point config.checkpoint at a good one."
         )
 
+    def _unreadable_here(self, step: int) -> BaseException | None:
+        """Why this process cannot read ``step``'s metadata, or None (no collectives)."""
+        try:
+            self._manager.item_metadata(step)
+        except (ValueError, OSError, KeyError, RuntimeError) as error:
+            return error
+        return None
+
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
             source = self.directory / str(step)
@@ -152,6 +170,22 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _ElsewhereError(RuntimeError):
+    def __init__(self, step: int) -> None:
+        super().__init__(f"step {step} could not be read by another process")
+
+
+def _agreed(steps: list[int]) -> list[int]:
+    """Process 0's list of candidate steps, on every process (views of a shared directory
+    can differ for a moment)."""
+    if jax.process_count() == 1:
+        return steps
+    count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+    mine = np.full(count, -1, np.int64)
+    mine[: min(count, len(steps))] = steps[:count]
+    return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
 def abstract_tree(tree: Any, mesh: Mesh) -> Any:

@@ -258,8 +258,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config,
         0,
         ("num_classes", "keep_best", "checkpoint_every_steps", "max_steps",
-         "num_workers", "weight_decay", "warmup_epochs"),
+         "weight_decay", "warmup_epochs"),
     )  # fmt: skip
+    _at_least(config, -1, ("num_workers",))  # -1: sized from the host
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate={config.learning_rate!r}: must be > 0.")
     _in_range(config, "momentum", 0.0, 1.0)

@@ -51,6 +51,7 @@ from resnet_flax.train.data import (
     ArrayDataset,
     augment_cifar,
     dataset_spec,
+    default_num_workers,
     load_arrays,
     normalize,
     stream_info,
@@ -110,7 +111,11 @@ def _input(
         image_size=config.image_size,
         augment=config.augment,
         seed=config.seed,
-        num_workers=config.num_workers,
+        num_workers=(
+            config.num_workers
+            if config.num_workers >= 0
+            else default_num_workers(jax.local_device_count())
+        ),
     )
     info = stream_info(config.dataset, _data_dir(config), split)
     return parallel.StreamInput(mesh, args, batch_size, info.size, info.num_classes)
@@ -207,11 +212,17 @@ def build(config: Any, *, train: bool = True) -> Built:
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT set a flag (the loop saves and exits at the next step boundary)."""
+    """SIGTERM/SIGINT set a flag (the loop saves and exits at a step boundary).
 
-    def __init__(self) -> None:
+    With several processes the signal may reach one of them only: each step every process
+    votes (:class:`parallel.AgreedFlag`) and all read the same outcome one step later, so
+    they stop after, and save, the same step.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._votes = parallel.AgreedFlag(mesh) if jax.process_count() > 1 else None
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signal = signum
@@ -230,11 +241,11 @@ class _StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def stop(self, step: int, every: int) -> bool:
-        """Whether to stop now; several processes agree at logging steps only."""
-        if jax.process_count() == 1:
+    def stop(self) -> bool:
+        """Whether to stop after this step: the same answer on every process."""
+        if self._votes is None:
             return self.signal is not None
-        return step % every == 0 and parallel.any_process(self.signal is not None)
+        return self._votes.vote(self.signal is not None)
 
 
 # ------------------------------------------------------------------------------------ training
@@ -327,7 +338,7 @@ class _Run:
         self._window = (time.perf_counter(), self.step)  # throughput: (start, first step)
         batches = self.train_data.train_batches(self.step)
         try:
-            with _StopRequest() as stop_request:
+            with _StopRequest(self.mesh) as stop_request:
                 while self.step < self.stop_step:
                     self.state, self.sums = self.train_step(
                         self.state, self.sums, next(batches), self.train_data.data
@@ -336,13 +347,14 @@ class _Run:
                     logged = self._log() if self._log_due() else {}
                     progress.update(self.step, **logged)
                     accuracy = self._evaluate() if self._eval_due() else None
-                    stopping = stop_request.stop(self.step, config.log_every_steps)
+                    stopping = stop_request.stop()
                     if accuracy is not None or stopping or self._checkpoint_due():
                         self._save(accuracy)
                     if stopping:
                         interrupted = True
                         break
         finally:
+            batches.close()  # stops a stream's decoding processes
             self.checkpoints.wait()
             self.checkpoints.close()
             progress.close()

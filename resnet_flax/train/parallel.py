@@ -4,20 +4,23 @@ One mesh axis, ``batch``, spans every device of every process. Each process prod
 contiguous part of the global batch (``process_slice``) and ``global_batch`` assembles the
 global array with ``jax.make_array_from_process_local_data``; replicated values (the train
 state, an on-device data set) use ``replicate``. :class:`ArrayInput` (small data sets, on
-the devices) and :class:`StreamInput` (grain streams) yield the global batches of a split.
+the devices) and :class:`StreamInput` (grain streams) yield the global batches of a split,
+read ahead by :class:`Prefetched`.
 On a CPU-only host, :func:`use_cpu_devices` first splits the CPU into several devices.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -163,8 +166,55 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+class AgreedFlag:
+    """A flag every process reads the same, one vote late, without stalling the steps.
+
+    Each :meth:`vote` starts an on-device ``any`` over every process's flag (asynchronous,
+    queued behind the step just dispatched) and returns the outcome of the vote before,
+    which by then has run, so the host waits for at most the previous step.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+        self._any = jax.jit(jnp.any, out_shardings=replicated(mesh))
+        self._pending: jax.Array | None = None
+
+    def vote(self, flag: bool) -> bool:
+        """Cast this process's ``flag``; the agreed outcome of the previous vote (or False)."""
+        local = np.full((jax.local_device_count(),), flag)
+        previous = self._pending
+        self._pending = self._any(
+            jax.make_array_from_process_local_data(batch_sharded(self._mesh), local)
+        )
+        return previous is not None and bool(previous)
+
+
+T = TypeVar("T")
+PREFETCH = 2  # global batches on their way to the devices, as flax.jax_utils.prefetch_to_device
+
+
+class Prefetched(Iterator[T]):
+    """``batches`` read ``size`` ahead: a global batch's host-to-device copies (asynchronous
+    in JAX) start while the steps before it run. ``close()`` closes ``batches``."""
+
+    def __init__(self, batches: Iterator[T], size: int = PREFETCH):
+        self._batches = batches
+        self._queue = collections.deque(itertools.islice(batches, size))
+
+    def __next__(self) -> T:
+        if not self._queue:
+            raise StopIteration
+        self._queue.extend(itertools.islice(self._batches, 1))
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        self._queue.clear()
+        getattr(self._batches, "close", lambda: None)()
+
+
 class _Input:
-    """A split's global batches: ``size`` examples in batches of ``batch_size``."""
+    """A split's global batches: ``size`` examples in batches of ``batch_size``, prefetched
+    to the devices (:func:`prefetch`)."""
 
     size: int
     batch_size: int
@@ -175,6 +225,20 @@ class _Input:
     def steps_per_epoch(self) -> int:
         """Whole training batches per epoch (the last partial one is dropped)."""
         return self.size // self.batch_size
+
+    def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+        """Global batches from ``start_step`` on, endlessly."""
+        return Prefetched(self._train_batches(start_step))
+
+    def eval_batches(self) -> Iterator[dict[str, jax.Array]]:
+        """One pass over the split; padding rows are masked out."""
+        return Prefetched(self._eval_batches())
+
+    def _train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    def _eval_batches(self) -> Iterator[dict[str, jax.Array]]:
+        raise NotImplementedError
 
 
 class ArrayInput(_Input):
@@ -192,8 +256,7 @@ class ArrayInput(_Input):
         self.num_classes = dataset.num_classes
         self.data = replicate(mesh, {"image": dataset.images, "label": dataset.labels})
 
-    def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
-        """Global batches of indices from ``start_step`` on, endlessly."""
+    def _train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
         steps, epoch, permutation = self.steps_per_epoch, -1, None
         for step in itertools.count(start_step):
             if step // steps != epoch:
@@ -203,8 +266,7 @@ class ArrayInput(_Input):
             rows = permutation[start : start + self.batch_size]
             yield global_batch(self.mesh, {"index": process_slice(rows)})
 
-    def eval_batches(self) -> Iterator[dict[str, jax.Array]]:
-        """One pass over the split in order; padding rows are masked out."""
+    def _eval_batches(self) -> Iterator[dict[str, jax.Array]]:
         for start in range(0, self.size, self.batch_size):
             rows = np.arange(start, start + self.batch_size, dtype=np.int32)
             mask = rows < self.size
@@ -245,10 +307,8 @@ class StreamInput(_Input):
         finally:
             getattr(stream, "close", lambda: None)()
 
-    def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
-        """Global batches from ``start_step`` on, endlessly."""
+    def _train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
         return self._batches(True, start_step)
 
-    def eval_batches(self) -> Iterator[dict[str, jax.Array]]:
-        """One pass over the split; padding rows are masked out."""
+    def _eval_batches(self) -> Iterator[dict[str, jax.Array]]:
         return self._batches(False, 0)

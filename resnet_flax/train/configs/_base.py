@@ -32,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_classes = 10
     config.augment = True  # CIFAR-size: pad-4 crop + flip; larger: random-resized crop + flip
     config.flip_tta = False  # evaluation averages the softmax of the image and its mirror
-    config.num_workers = 0  # data-loading processes for streamed data sets (0 = in process)
+    # Decoding processes for streamed data sets: -1 sizes them from the host's cores and
+    # local devices (data.stream.default_num_workers); 0 decodes in the trainer's process.
+    config.num_workers = -1
 
     # Optimisation. batch_size is global (all devices); the schedule counts in epochs.
     config.num_epochs = 200

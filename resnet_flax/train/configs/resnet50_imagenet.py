@@ -30,7 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 224
     config.num_classes = 1000
     config.augment = True
-    config.num_workers = 8
     config.num_epochs = 90
     config.batch_size = 1024
     config.eval_batch_size = 1024

@@ -20,6 +20,7 @@ _EXPORTS = {
     "DataError": "errors",
     "load_arrays": "load",
     "make_stream": "stream",
+    "default_num_workers": "stream",
     "stream_info": "stream",
     "augment_cifar": "augment",
     "crop_and_flip": "augment",
@@ -33,6 +34,7 @@ __all__ = [
     "augment_cifar",
     "crop_and_flip",
     "dataset_spec",
+    "default_num_workers",
     "epoch_permutation",
     "load_arrays",
     "make_stream",
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from .errors import DataError
     from .load import load_arrays
     from .registry import DATASETS, DatasetSpec, dataset_spec
-    from .stream import make_stream, stream_info
+    from .stream import default_num_workers, make_stream, stream_info
 
 
 def __getattr__(name: str) -> Any:

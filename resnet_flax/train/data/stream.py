@@ -26,7 +26,12 @@ from .images import eval_crop, train_crop
 from .registry import dataset_spec
 from .splits import parse_split, resolve_slice
 
-DEFAULT_NUM_WORKERS = min(16, os.cpu_count() or 1)
+
+def default_num_workers(local_devices: int = 1) -> int:
+    """Decoding processes for this host: its cores but one per local device, which stays with
+    the trainer (step dispatch and host-to-device copies); at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - local_devices)
 
 
 def _let_grain_read_its_flags() -> None:
@@ -134,7 +139,7 @@ def make_stream(
     process_count: int,
     seed: int,
     start_step: int = 0,
-    num_workers: int = DEFAULT_NUM_WORKERS,
+    num_workers: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches {"image": uint8 (B, S, S, 3), "label": int32 (B,)} for this process, where
     B = global_batch_size // process_count.
@@ -144,9 +149,12 @@ def make_stream(
     train=False: one pass in order, the last batch padded; eval batches carry "mask" (bool,
     True for real examples), and across processes every example appears exactly once.
     Batches are the same for the same seed whatever `num_workers`; `start_step` resumes at
-    that batch exactly. `num_workers` decoding processes (0: decode in this process).
-    Close the returned iterator (`.close()`) when done with it to stop the workers early.
+    that batch exactly. `num_workers` decoding processes (0: decode in this process; None:
+    :func:`default_num_workers`). Close the returned iterator (`.close()`) when done with it
+    to stop the workers early.
     """
+    if num_workers is None:
+        num_workers = default_num_workers()
     _check_arguments(
         image_size, global_batch_size, process_index, process_count, start_step, num_workers
     )
@@ -172,15 +180,13 @@ def make_stream(
         _let_grain_read_its_flags()
         options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
         batches = batches.mp_prefetch(options)
-    return _plain_batches(iter(batches))
+    return _closing(iter(batches))
 
 
-def _plain_batches(batches: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
-    """Each batch as ordinary arrays: copied out of the workers' shared memory, which is then
-    freed at once rather than whenever the caller drops the batch. Closing this generator
-    stops the workers."""
+def _closing(batches: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+    """The batches as they come (no copy: a batch's shared memory is freed when it is
+    dropped, one or two steps later); closing this generator stops the workers."""
     try:
-        for batch in batches:
-            yield {key: np.array(value) for key, value in batch.items()}
+        yield from batches
     finally:
         batches.close()
