@@ -61,14 +61,17 @@ def host_batch(batch: int, size: int, classes: int, seed: int = 0) -> dict[str, 
     }
 
 
-def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
+def ours(name: str, batch: int, size: int, dtype: Any = jnp.float32, **model_options: Any) -> Built:
     mesh = jax.make_mesh((1,), (parallel.BATCH,), devices=jax.devices()[:1])
     classes = num_classes(name)
-    model = create_model(name, num_classes=classes, axis_name=parallel.BATCH, **model_options)
+    model = create_model(
+        name, num_classes=classes, axis_name=parallel.BATCH, dtype=dtype, **model_options
+    )
     variables = init_variables(model, size)
     state = new_train_state(model, variables, sgd(), parallel.replicated(mesh))
     data = parallel.global_batch(mesh, host_batch(batch, size, classes))
-    step = make_train_step(mesh, model, num_classes=classes, normalize=NORMALIZE)
+    normalize_ = partial(normalize, mean=MEAN, std=STD, dtype=dtype)
+    step = make_train_step(mesh, model, num_classes=classes, normalize=normalize_)
     metrics = parallel.replicate(mesh, train_metrics_zeros())
     start = time.perf_counter()
     compiled = step.lower(state, metrics, data, None).compile()
@@ -81,13 +84,13 @@ def ours(name: str, batch: int, size: int, **model_options: Any) -> Built:
 
     images = data["image"]
     predict = fold_batch_norm(model, variables, images.shape)
-    normalize_ = backend.jit(NORMALIZE)
-    return Built(train, lambda: jax.block_until_ready(predict(normalize_(images))), compile_s)
+    to_input = backend.jit(normalize_)
+    return Built(train, lambda: jax.block_until_ready(predict(to_input(images))), compile_s)
 
 
-def flax(name: str, batch: int, size: int) -> Built:
+def flax(name: str, batch: int, size: int, dtype: Any = jnp.float32) -> Built:
     classes = num_classes(name)
-    model = flax_example.MODELS[name]()
+    model = flax_example.MODELS[name](dtype=dtype)
     host = host_batch(batch, size, classes)
     images, labels = jnp.asarray(host["image"]), jnp.asarray(host["label"])
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
@@ -128,7 +131,14 @@ def flax(name: str, batch: int, size: int) -> Built:
     return Built(train, lambda: jax.block_until_ready(forward(variables, images)), compile_s)
 
 
-def torch(name: str, batch: int, size: int) -> Built:
+def torch(
+    name: str, batch: int, size: int, device: str = "cpu", bf16: bool = False,
+    compile: bool = False,
+) -> Built:  # fmt: skip
+    """``bf16``: autocast to bfloat16; ``compile``: ``torch.compile`` the train and eval
+    functions (what a PyTorch user does on a GPU)."""
+    import contextlib
+
     import torch as th
     import torchvision
 
@@ -140,25 +150,39 @@ def torch(name: str, batch: int, size: int) -> Built:
         model.maxpool = th.nn.Identity()
     else:
         model = getattr(torchvision.models, name)(num_classes=classes)
-    model = model.to(memory_format=th.channels_last)
+    model = model.to(device=device, memory_format=th.channels_last)
     opt = th.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     host = host_batch(batch, size, classes)
-    mean = th.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = th.tensor(STD).view(1, 3, 1, 1) * 255
-    images = th.from_numpy(host["image"]).permute(0, 3, 1, 2)  # NHWC memory: channels_last
-    labels = th.from_numpy(host["label"]).long()
+    mean = th.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = th.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    images = th.from_numpy(host["image"]).to(device).permute(0, 3, 1, 2)  # channels_last
+    labels = th.from_numpy(host["label"]).long().to(device)
+    autocast = (
+        partial(th.autocast, device_type=device.split(":")[0], dtype=th.bfloat16)
+        if bf16
+        else contextlib.nullcontext
+    )
+    forward = th.compile(model) if compile else model
+
+    def sync():
+        if device.startswith("cuda"):
+            th.cuda.synchronize()
 
     def train():
         model.train()
         opt.zero_grad(set_to_none=True)
-        x = (images.float() - mean) / std
-        th.nn.functional.cross_entropy(model(x), labels).backward()
+        with autocast():
+            x = (images.float() - mean) / std
+            loss = th.nn.functional.cross_entropy(forward(x), labels)
+        loss.backward()
         opt.step()
+        sync()
 
     def evaluate():
         model.eval()
-        with th.inference_mode():
-            model((images.float() - mean) / std)
+        with th.inference_mode(), autocast():
+            forward((images.float() - mean) / std)
+        sync()
 
     return Built(train, evaluate, 0.0)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -52,11 +53,13 @@ class ResNet(nn.Module):
     block_cls: type
     num_classes: int
     cifar_stem: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = partial(nn.Conv, use_bias=False)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype)  # fmt: skip
         if self.cifar_stem:
             x = nn.relu(norm()(conv(64, (3, 3))(x)))
         else:
@@ -68,7 +71,7 @@ class ResNet(nn.Module):
                 strides = 2 if i > 0 and j == 0 else 1
                 x = self.block_cls(64 * 2**i, conv=conv, norm=norm, strides=strides)(x)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 MODELS = {

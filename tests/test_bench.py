@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnet_flax.cpu import backend
@@ -32,6 +33,8 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert {("compile", "ours"), ("compile", "flax")} <= seen
     assert {("loader", "ours"), ("loader", "torch")} <= seen
     assert {("augment", "augment"), ("augment", "train_step")} <= seen
+    assert {("stream", "1 worker(s)"), ("stream", "2 worker(s)")} <= seen
+    assert "one GPU consuming 3,000 img/s needs" in done.stdout
     assert all(r["value"] > 0 for r in results["records"])
     assert results["machine"]["compiler_options"] == backend.compiler_options("cpu")
 
@@ -59,3 +62,33 @@ def test_round_lines_count_the_rounds_ours_won():
         f"train {shape}: ours / PyTorch per round 0.50-1.30x (median 1.10x); "
         "ours faster in 2 of 3 rounds"
     ]
+
+
+def test_accelerator_proof_runs_end_to_end_at_toy_sizes(tmp_path):
+    """bench/accelerator.py on the CPU: every figure it promises, from a run this small."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("val", 8)):
+        for i in range(count):
+            folder = tmp_path / "cifar" / split / f"class{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    out = tmp_path / "accelerator.json"
+    args = ["--model", "resnet18_cifar", "--size", "32", "--max-batch", "4", "--repeats", "1",
+            "--warmup", "0", "--no-torch-compile", "--cifar-dir", str(tmp_path / "cifar"),
+            "--cifar-max-steps", "4", "--cifar-batch-size", "4", "--target", "0.0",
+            "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.accelerator", *args], cwd=ROOT, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    seen = {(r["section"], r["contestant"]) for r in results["records"]}
+    assert seen == {(s, w) for s in ("train", "eval") for w in ("ours", "flax", "torch")}
+    assert all(r["batch"] == 4 and r["img_per_s"] > 0 for r in results["records"])
+    run = results["cifar"]
+    assert run["steps"] == 4 and run["seconds_to_target"] > 0 and run["epoch_at_target"] == 1
+    assert "| train, img/s | resnet18_cifar b4 32px bf16 |" in done.stdout
