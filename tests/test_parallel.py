@@ -45,6 +45,26 @@ def test_initialize_distributed_reads_the_environment(monkeypatch):
     assert calls == [("10.0.0.9:99", 2, 1), (None, 2, 1)]
 
 
+def test_distributed_true_and_tpu_hosts_let_jax_find_the_cluster(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(parallel, "_on_tpu", lambda: False)
+    assert parallel.initialize_distributed(cluster=True) is True and calls == [()]
+    monkeypatch.setattr(parallel, "_on_tpu", lambda: True)  # a TPU host: tried unasked
+    assert parallel.initialize_distributed() is True and calls == [(), ()]
+
+    def no_cluster(*args):
+        raise ValueError("coordinator_address should be defined")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    assert parallel.initialize_distributed() is False  # a TPU host on its own
+    with pytest.raises(RuntimeError, match="distributed=true, but JAX found no cluster"):
+        parallel.initialize_distributed(cluster=True)
+
+
 def test_use_cpu_devices_warns_once_jax_has_started(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     jax.devices()  # the backends start

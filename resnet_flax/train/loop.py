@@ -126,7 +126,7 @@ def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
     batch_sizes = (config.batch_size, config.eval_batch_size)
     if config.split_cpu_devices:
         parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
-    parallel.initialize_distributed()
+    parallel.initialize_distributed(config.distributed)
     mesh = parallel.make_mesh()
     for name, size in zip(("batch_size", "eval_batch_size"), batch_sizes, strict=True):
         parallel.check_batch_size(size, name)

@@ -12,6 +12,7 @@ On a CPU-only host, :func:`use_cpu_devices` first splits the CPU into several de
 from __future__ import annotations
 
 import collections
+import importlib.util
 import itertools
 import math
 import os
@@ -34,22 +35,42 @@ if TYPE_CHECKING:
 BATCH = "batch"
 
 
-def initialize_distributed() -> bool:
+def initialize_distributed(cluster: bool = False) -> bool:
     """Start multi-process JAX when launched as one of several processes; True if it did.
 
     ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` are read, and a
-    SLURM or Open MPI launch of more than one task is detected by JAX itself. A single plain
-    process does nothing.
+    SLURM or Open MPI launch of more than one task is detected by JAX itself. On a TPU host,
+    or with ``cluster`` (``--config.distributed=true``), ``jax.distributed.initialize()`` runs
+    with no arguments and JAX finds the cluster (Cloud TPU pods, GKE, SLURM, Open MPI); with
+    ``cluster`` and none found, the error says how to name one. A single plain process does
+    nothing.
     """
     if jax.distributed.is_initialized():
         return True
-    if not _launched_distributed():
+    if _launched_distributed():
+        env = os.environ
+        num_processes = int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None
+        process_id = int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None
+        jax.distributed.initialize(env.get("JAX_COORDINATOR_ADDRESS"), num_processes, process_id)
+        return True
+    if not (cluster or _on_tpu()):
         return False
-    env = os.environ
-    num_processes = int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None
-    process_id = int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None
-    jax.distributed.initialize(env.get("JAX_COORDINATOR_ADDRESS"), num_processes, process_id)
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as error:
+        if not cluster:
+            return False  # a TPU host on its own
+        raise RuntimeError(
+            f"distributed=true, but JAX found no cluster to join ({error}). Launch under "
+            "SLURM, Open MPI, GKE or on a Cloud TPU pod, or set JAX_COORDINATOR_ADDRESS, "
+            "JAX_NUM_PROCESSES and JAX_PROCESS_ID; for one host, leave distributed false."
+        ) from error
     return True
+
+
+def _on_tpu() -> bool:
+    """Whether this host has TPUs (libtpu is installed), without starting JAX's backends."""
+    return importlib.util.find_spec("libtpu") is not None
 
 
 CPU_BATCH_PER_DEVICE = 16  # where XLA's CPU weight-gradient convolutions are efficient

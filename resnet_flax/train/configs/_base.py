@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
     # in-process all-reduce can miss its rendezvous timeout, which the split raises
     # (CPU_COLLECTIVE_FLAGS in resnet_flax/train/parallel.py) but cannot rule out.
     config.split_cpu_devices = False
+    # Join a cluster with jax.distributed.initialize() and no arguments, letting JAX find it
+    # (Cloud TPU pods, GKE, SLURM, Open MPI); on TPU hosts it is tried anyway, and the
+    # JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables always count.
+    config.distributed = False
     config.seed = 0
 
     # Checkpoints, evaluation, logging.
