@@ -217,6 +217,14 @@ def launch(mode: str, workdir: Path, config: Path, extra_env: dict[str, str]) ->
     )
 
 
+def assert_same_variables(two_processes: Path, reference: Path) -> None:
+    """The variables a two-process run saved equal the 2-device reference's, to rtol 1e-6."""
+    with np.load(two_processes) as two, np.load(reference) as one:
+        assert sorted(two.files) == sorted(one.files) and len(one.files) > 50
+        for key in one.files:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
 def test_two_processes_train_like_one(tmp_path, tiny_config, config_file):
     config = config_file(tiny_config(sync_batch_norm=True, max_steps=4))
     address = f"127.0.0.1:{free_port()}"
@@ -242,13 +250,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config, config_file):
     for process in [*processes, reference]:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
-    with (
-        np.load(tmp_path / "two" / "process.npz") as two,
-        np.load(tmp_path / "one" / "reference.npz") as one,
-    ):
-        assert sorted(two.files) == sorted(one.files) and len(one.files) > 50
-        for key in one.files:
-            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert_same_variables(tmp_path / "two" / "process.npz", tmp_path / "one" / "reference.npz")
     # process 0 alone writes metrics
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
@@ -298,9 +300,9 @@ def test_preemption_and_a_checkpoint_one_process_cannot_read_are_agreed(
     tmp_path, tiny_config, config_file
 ):
     """SIGTERM to process 1 after step 2: both processes vote on it then, stop after step 3
-    and save it. The
-    resumed run finds the latest checkpoint unreadable on process 1 only: both fall back to
-    the same earlier step, and the run ends where an uninterrupted one does, exactly."""
+    and save it. The resumed run finds the latest checkpoint unreadable on process 1 only:
+    both fall back to the same earlier step, and the run ends where an uninterrupted one
+    does, exactly."""
     config = config_file(tiny_config(sync_batch_norm=True, max_steps=6, checkpoint_every_steps=2))
     first = [result_of(out) for out in two_processes("preempt", tmp_path / "two", config)]
     assert first[0] == first[1] and first[0]["interrupted"], first
@@ -319,13 +321,7 @@ def test_preemption_and_a_checkpoint_one_process_cannot_read_are_agreed(
     )  # fmt: skip
     output, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, output[-3000:]
-    with (
-        np.load(tmp_path / "two" / "corrupt.npz") as two,
-        np.load(tmp_path / "one" / "reference.npz") as one,
-    ):
-        assert sorted(two.files) == sorted(one.files) and len(one.files) > 50
-        for key in one.files:
-            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert_same_variables(tmp_path / "two" / "corrupt.npz", tmp_path / "one" / "reference.npz")
 
 
 if __name__ == "__main__":
