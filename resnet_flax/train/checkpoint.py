@@ -31,6 +31,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from resnet_flax.train.parallel import any_process, replicated
 
 STATE, META = "state", "meta"
+_READ_ERRORS = (ValueError, OSError, KeyError, RuntimeError)  # what an unreadable step raises
 
 
 class CheckpointError(ValueError):
@@ -124,7 +125,7 @@ class Checkpoints:
             if not any_process(error is not None):
                 try:
                     restored = self._manager.restore(candidate, args=args)
-                except (ValueError, OSError, KeyError, RuntimeError) as e:
+                except _READ_ERRORS as e:
                     error = e
             if any_process(error is not None):
                 failures.append((candidate, error or _ElsewhereError(candidate)))
@@ -152,7 +153,7 @@ class Checkpoints:
         """Why this process cannot read ``step``'s metadata, or None (no collectives)."""
         try:
             self._manager.item_metadata(step)
-        except (ValueError, OSError, KeyError, RuntimeError) as error:
+        except _READ_ERRORS as error:
             return error
         return None
 

@@ -235,7 +235,7 @@ class Prefetched(Iterator[T]):
 
 class _Input:
     """A split's global batches: ``size`` examples in batches of ``batch_size``, prefetched
-    to the devices (:func:`prefetch`)."""
+    to the devices (:class:`Prefetched`)."""
 
     size: int
     batch_size: int
