@@ -32,6 +32,8 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from resnet_flax.io import paths
+
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -191,8 +193,8 @@ def _to_state_dict(
     return {k[strip:]: _to_numpy(v) for k, v in obj.items()}
 
 
-def _check_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
+def _check_file(path: str | os.PathLike) -> paths.Path:
+    path = paths.as_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; check the path")
     return path
@@ -201,16 +203,21 @@ def _check_file(path: str | os.PathLike) -> Path:
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a torch zip-format checkpoint's state_dict as numpy arrays, without torch."""
     path = _check_file(path)
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as f:
-            if f.read(2) == b"\x80\x02":
-                raise CheckpointError(
-                    f"{path}: legacy (torch < 1.6) format; re-save it with torch >= 1.6: "
-                    "torch.save(torch.load(old_path, weights_only=True), new_path)"
-                )
+    with path.open("rb") as file:  # a file object: the path may be remote
+        return _read_pth_file(path, file)
+
+
+def _read_pth_file(path: paths.Path, file: BinaryIO) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(file):
+        file.seek(0)
+        if file.read(2) == b"\x80\x02":
+            raise CheckpointError(
+                f"{path}: legacy (torch < 1.6) format; re-save it with torch >= 1.6: "
+                "torch.save(torch.load(old_path, weights_only=True), new_path)"
+            )
         raise CheckpointError(f"{path}: not a zip checkpoint, or truncated; download it again")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             names = archive.namelist()
             pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
             if not pickles:
@@ -308,7 +315,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a ``.safetensors`` file as numpy arrays."""
     path = _check_file(path)
     try:
-        return safetensors.numpy.load_file(path)
+        if paths.is_local(path):
+            return safetensors.numpy.load_file(path)
+        return safetensors.numpy.load(path.read_bytes())
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
             f"{path}: corrupt or truncated safetensors file ({error}); download or save it again"

@@ -18,7 +18,6 @@ is skipped by all, so every process resumes from the same step.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resnet_flax.io import paths
 from resnet_flax.train.parallel import any_process, replicated
 
 STATE, META = "state", "meta"
@@ -52,13 +52,13 @@ class Checkpoints:
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: paths.PathLike,
         *,
         keep: int = 3,
         keep_best: int = 1,
         read_only: bool = False,
     ) -> None:
-        self.directory = Path(directory).absolute()
+        self.directory = _checkpoint_path(directory)
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=max(keep, 1)),
@@ -195,13 +195,28 @@ def abstract_tree(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def resolve(path: str | Path) -> tuple[Path, int | None]:
+def _checkpoint_path(directory: paths.PathLike) -> paths.Path:
+    """The absolute path of a checkpoint directory; CheckpointError where orbax cannot write.
+
+    orbax writes arrays through TensorStore, which serves local disks and ``gs://`` only.
+    """
+    path = paths.absolute(directory)
+    if paths.scheme(path) not in (None, "gs"):
+        raise CheckpointError(
+            f"checkpoints cannot go to {path}: orbax-checkpoint writes arrays through "
+            f"TensorStore, which serves local paths and gs:// only. Put the workdir (or "
+            f"config.checkpoint) on a local disk or gs://; data_dir and pretrained may stay."
+        )
+    return path
+
+
+def resolve(path: paths.PathLike) -> tuple[paths.Path, int | None]:
     """``(checkpoint directory, step or None for the latest)`` from a user's path.
 
     Accepts a run's workdir (with ``checkpoints/``), a checkpoint directory, or one step
     directory inside it.
     """
-    path = Path(path).expanduser().absolute()
+    path = _checkpoint_path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a directory).")
     if (path / "checkpoints").is_dir():
@@ -211,7 +226,7 @@ def resolve(path: str | Path) -> tuple[Path, int | None]:
     return path, None
 
 
-def load_variables(path: str | Path, mesh: Mesh) -> tuple[dict[str, Any], dict[str, Any], int]:
+def load_variables(path: paths.PathLike, mesh: Mesh) -> tuple[dict[str, Any], dict[str, Any], int]:
     """``({'params', 'batch_stats'}, meta, step)`` from one of our checkpoints, whatever the
     optimizer it was trained with (for evaluation and fine-tuning)."""
     directory, step = resolve(path)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import ml_collections
 
+from resnet_flax.io import paths
 from resnet_flax.train.config import (
     ConfigError,
     apply_overrides,
@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", required=True, help="a config name (see below) or a path to a .py file"
     )
     parser.add_argument(
-        "--workdir", help="checkpoints, metrics and config.json go here (default: runs/CONFIG)"
+        "--workdir",
+        help="checkpoints, metrics and config.json go here: a local path or gs:// "
+        "(default: runs/CONFIG)",
     )
     parser.add_argument(
         "--eval_only",
@@ -88,7 +90,7 @@ def resolve_config(
     return config
 
 
-def _run(config: ml_collections.ConfigDict, workdir: Path, eval_only: bool) -> dict:
+def _run(config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool) -> dict:
     from resnet_flax.train import loop  # deferred: imports JAX and the data pipeline
 
     if eval_only:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rest, overrides = split_overrides(argv)
         args = _parser().parse_args(rest)
         config = resolve_config(args.config, overrides)
-        workdir = Path(args.workdir or Path("runs") / config.name)
+        workdir = paths.as_path(args.workdir or f"runs/{config.name}")
         saved = _save_config(config, workdir, args.eval_only)
         print(f"config {config.name} (written to {saved}):\n{saved.read_text()}", flush=True)
         results = _run(config, workdir, args.eval_only)
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: Path, eval_only: bool) -> Path:
+def _save_config(
+    config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool
+) -> paths.Path:
     """Write the resolved config as JSON; --eval_only keeps the training run's config.json."""
     saved = workdir / ("eval_config.json" if eval_only else "config.json")
     try:
@@ -125,6 +129,6 @@ def _save_config(config: ml_collections.ConfigDict, workdir: Path, eval_only: bo
         saved.write_text(config.to_json(indent=2, sort_keys=True) + "\n")
     except OSError as error:
         raise ConfigError(
-            f"cannot write {saved}: {error.strerror}; choose another --workdir."
+            f"cannot write {saved}: {error.strerror or error}; choose another --workdir."
         ) from None
     return saved

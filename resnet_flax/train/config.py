@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from resnet_flax.io import paths
 from resnet_flax.models.checks import did_you_mean
 from resnet_flax.train import configs
 from resnet_flax.train.configs import _base
@@ -276,7 +277,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"num_classes={config.num_classes}: {config.dataset} has {fixed} classes; set "
             f"num_classes to {fixed} (or 0: the data set's own count)."
         )
-    if config.pretrained and not Path(config.pretrained).expanduser().exists():
+    for key in ("data_dir", "pretrained", "checkpoint"):  # a scheme no library here serves
+        if config[key]:
+            try:
+                paths.as_path(config[key])
+            except paths.PathError as error:
+                raise ConfigError(f"{key}={config[key]!r}: {error}") from None
+    if config.pretrained and not paths.as_path(config.pretrained).exists():
         raise ConfigError(
             f"pretrained={config.pretrained!r}: no such file or checkpoint directory."
         )

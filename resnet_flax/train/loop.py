@@ -30,7 +30,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from resnet_flax.io import paths
 from resnet_flax.models.registry import create_model, init_variables, model_options
 from resnet_flax.train import parallel
 from resnet_flax.train.checkpoint import (
@@ -254,7 +254,7 @@ class _StopRequest:
 class _Run:
     """One training run: what is built from the config, and the loop over global steps."""
 
-    def __init__(self, config: Any, workdir: Path) -> None:
+    def __init__(self, config: Any, workdir: paths.Path) -> None:
         self.config = config
         self.built = built = build(config)
         self.mesh, self.model, self.num_classes = built.mesh, built.model, built.num_classes
@@ -450,26 +450,26 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating as set.
 
     Returns ``{"step", "epoch", "interrupted", "train", "eval", "best_accuracy", "best_step"}``;
     ``interrupted`` is True when a signal or ``max_steps`` stopped training before the end.
     """
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
-    return _Run(config, Path(workdir)).train()
+    return _Run(config, paths.as_path(workdir)).train()
 
 
 # ---------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+def evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
     """Evaluate the latest checkpoint of ``workdir`` (or ``config.checkpoint``) on eval_split.
 
     Every example is seen exactly once; an ``eval`` line is appended to metrics.jsonl.
     Returns the metrics with the checkpoint's ``step`` and ``epoch``.
     """
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     logging.getLogger("absl").setLevel(logging.ERROR)
     if not config.checkpoint and not (workdir / "checkpoints").is_dir():
         raise CheckpointError(

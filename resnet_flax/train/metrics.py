@@ -4,7 +4,8 @@
 nothing: ``{"split": "train", "step": 1200, "epoch": 3.07, "loss": 0.91, "accuracy": 0.68,
 "lr": 0.1, "images_per_sec": 5120.3, "time": 1717171717.2}`` (``time``: Unix seconds). After a
 resume, steps past the checkpoint appear again; readers keep the last record per split and
-step (as ``train.plot`` does). Only process 0 writes.
+step (as ``train.plot`` does). Only process 0 writes. Both go through
+:mod:`resnet_flax.io.paths`, so the workdir may be on ``gs://`` or any filesystem it serves.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from resnet_flax.io import paths
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -46,17 +48,19 @@ class MetricsWriter:
     the interrupted run logged from this step on.
     """
 
-    def __init__(self, workdir: str | Path, resume_step: int | None = None) -> None:
-        self.path = Path(workdir) / METRICS_FILE
+    def __init__(self, workdir: paths.PathLike, resume_step: int | None = None) -> None:
+        workdir = paths.as_path(workdir)
+        self.path = workdir / METRICS_FILE
         self._active = _is_main_process()
         if not self._active:
             return
         from tensorboardX import SummaryWriter  # deferred: imports protobuf
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        _register_tensorboard_filesystems()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._file = paths.AppendFile(self.path)
         self._tensorboard = SummaryWriter(
-            logdir=str(Path(workdir) / TENSORBOARD_DIR), purge_step=resume_step
+            logdir=str(workdir / TENSORBOARD_DIR), purge_step=resume_step
         )
 
     def write(
@@ -73,7 +77,7 @@ class MetricsWriter:
             "time": round(time.time(), 3),
         }
         if self._active:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write((json.dumps(record) + "\n").encode())
             self._file.flush()
             for name, value in record.items():
                 if name not in ("split", "step", "time") and not isinstance(value, str):
@@ -91,6 +95,23 @@ class MetricsWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _EpathEventFiles:
+    """tensorboardX's writer factory for remote schemes: event files through ``paths``."""
+
+    def open(self, path: str) -> paths.AppendFile:
+        return paths.AppendFile(path)
+
+    def directory_check(self, path: str) -> None:
+        paths.as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_tensorboard_filesystems() -> None:
+    from tensorboardX import record_writer
+
+    for scheme in paths.SERVED_BY:  # replaces tensorboardX's own gs:// (google-cloud-storage)
+        record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> dict[str, str]:

@@ -7,14 +7,15 @@ Reads ``WORKDIR/metrics.jsonl`` (see ``train.metrics``); x is the epoch, one lin
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from resnet_flax.io import paths
 from resnet_flax.train.metrics import METRICS_FILE
 
 Curves = dict[str, dict[str, list[float]]]  # split -> {"epoch": [...], "loss": [...], ...}
@@ -26,12 +27,13 @@ class PlotError(ValueError):
     """No metrics to plot; the message names the file and what to do."""
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: paths.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file, the last one per (split, step) kept, ordered by
     split (train first) and step.
 
     A line that is not JSON (a run killed mid-write) is skipped with a warning on stderr.
     """
+    path = paths.as_path(path)
     if not path.is_file():
         raise PlotError(f"{path} does not exist: train a run into this workdir first.")
     latest: dict[tuple[str, int], dict] = {}
@@ -62,9 +64,10 @@ def curves(records: list[dict]) -> Curves:
     return out
 
 
-def plot(workdir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw loss and accuracy against epoch for every split; returns the PNG's path."""
-    workdir = Path(workdir)
+def plot(workdir: paths.PathLike, out: paths.PathLike | None = None) -> paths.Path:
+    """Draw loss and accuracy against epoch for every split; returns the PNG's path (either
+    may be remote)."""
+    workdir = paths.as_path(workdir)
     data = curves(read_metrics(workdir / METRICS_FILE))
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
@@ -78,13 +81,15 @@ def plot(workdir: str | Path, out: str | Path | None = None) -> Path:
         axes.grid(alpha=0.3, which="both")
         axes.legend()
     figure.suptitle(_title(workdir))
-    path = Path(out) if out else workdir / "curves.png"
+    path = paths.as_path(out) if out else workdir / "curves.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    path.write_bytes(png.getvalue())
     return path
 
 
-def _title(workdir: Path) -> str:
+def _title(workdir: paths.Path) -> str:
     """The run's config name and model (from config.json) or the workdir's name."""
     try:
         config = json.loads((workdir / "config.json").read_text())

@@ -3,7 +3,6 @@ made (fresh, or from pretrained weights)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -11,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+
+from resnet_flax.io import paths
 
 
 class TrainState(train_state.TrainState):
@@ -42,7 +43,7 @@ def new_train_state(
 
 
 def pretrained_variables(
-    source: str | Path,
+    source: paths.PathLike,
     name: str,
     model: nn.Module,
     fresh: dict[str, Any],
@@ -51,18 +52,19 @@ def pretrained_variables(
 ) -> dict[str, Any]:
     """Variables to fine-tune from: a torchvision ``.pth``/``.safetensors`` file (through
     :func:`resnet_flax.io.convert.load_torchvision`) or one of our checkpoints (a directory;
-    ``params`` and ``batch_stats`` only). ``fresh`` are the model's initial variables: the head
+    ``params`` and ``batch_stats`` only), local or on any filesystem :mod:`~resnet_flax.io.paths`
+    serves. ``fresh`` are the model's initial variables: the head
     keeps them when the class count differs. Returns host arrays.
     """
     from resnet_flax.train.checkpoint import load_variables  # (imports orbax)
 
-    source = Path(source).expanduser()
+    source = paths.as_path(source)
     if source.is_dir():
         loaded, _, _ = load_variables(source, mesh)
     else:
         from resnet_flax.io.convert import load_torchvision
 
-        _, loaded = load_torchvision(name, str(source), num_classes=model.num_classes, **options)
+        _, loaded = load_torchvision(name, source, num_classes=model.num_classes, **options)
     head = type(model).head
     params, batch_stats = dict(loaded["params"]), dict(loaded.get("batch_stats", {}))
     if head in params and shapes(params[head]) != shapes(fresh["params"][head]):

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "resnet18_cifar"
     config.model_options = ml_collections.ConfigDict()
     config.pretrained = ""  # '' = random init; a torchvision .pth/.safetensors file or a run's
-    # checkpoint directory
+    # checkpoint directory. Paths here may be gs:// or any scheme resnet_flax/io/paths.py serves.
     config.freeze_backbone = False  # True: train the head only (needs pretrained)
 
     # Data. num_classes 0 = the data set's own class count (folder: the class folders).

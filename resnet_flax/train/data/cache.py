@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from resnet_flax.io import paths as filesystem
+
 # Bump when the decoding changes, so old entries are not reused.
 CACHE_VERSION = 1
 
@@ -26,12 +28,18 @@ def cache_dir() -> str:
 
 
 def fingerprint(paths: Iterable[str], *extra: object) -> str:
-    """A key from the files' paths, sizes and mtimes, plus `extra` settings (e.g. image size)."""
+    """A key from the files' paths, sizes and mtimes, plus `extra` settings (e.g. image size).
+    The files may be local or remote (:mod:`resnet_flax.io.paths`)."""
     digest = hashlib.sha256(repr((CACHE_VERSION, *extra)).encode())
     count = 0
     for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        if filesystem.is_local(path):
+            stat = os.stat(filesystem.as_path(path))
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        else:
+            stat = filesystem.as_path(path).stat()
+            size, mtime = stat.length, stat.mtime
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
         count += 1
     digest.update(str(count).encode())
     return digest.hexdigest()[:20]

@@ -1,5 +1,6 @@
 """CIFAR-10 and CIFAR-100: from prepared TFDS, else the official python archive (downloaded
-once with its md5 checked when the network allows)."""
+once with its md5 checked when the network allows). The data_dir may be local or remote
+(:mod:`resnet_flax.io.paths`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
+
+from resnet_flax.io import paths
 
 from . import cache, download
 from .errors import DataError
@@ -100,19 +103,18 @@ def default_root() -> str:
 
 def _read_members(files: CifarFiles, root: str, wanted: tuple[str, ...]) -> dict[str, bytes]:
     """The raw bytes of `wanted` batch files, from the extracted folder or the archive."""
-    folder = os.path.join(root, files.folder)
-    if os.path.isdir(folder):
+    folder = paths.as_path(root) / files.folder
+    if folder.is_dir():
         found = {}
         for name in wanted:
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
+            path = folder / name
+            if not path.is_file():
                 raise DataError(f"{path} is missing: re-extract {files.archive} into {root}.")
-            with open(path, "rb") as file:
-                found[name] = file.read()
+            found[name] = path.read_bytes()
         return found
-    archive = os.path.join(root, files.archive)
+    archive = paths.as_path(root) / files.archive
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with archive.open("rb") as file, tarfile.open(fileobj=file, mode="r:gz") as tar:
             found = {}
             for member in tar:
                 top, _, name = member.name.partition("/")
@@ -129,7 +131,7 @@ def _read_members(files: CifarFiles, root: str, wanted: tuple[str, ...]) -> dict
 def _fetch_archive(dataset: str, root: str, tfds_reason: str) -> None:
     """Download the archive into `root`, or raise a DataError saying what to put where."""
     files = CIFAR[dataset]
-    dest = os.path.join(root, files.archive)
+    dest = str(paths.as_path(root) / files.archive)
     try:
         download.download_file(files.url, dest, files.md5)
     except OSError as error:
@@ -160,8 +162,8 @@ def load_cifar(dataset: str, data_dir: str | None, split: str):
         tfds_reason = str(unavailable)
     files = CIFAR[dataset]
     root = data_dir or default_root()
-    extracted = os.path.isdir(os.path.join(root, files.folder))
-    if not (extracted or os.path.isfile(os.path.join(root, files.archive))):
+    extracted = (paths.as_path(root) / files.folder).is_dir()
+    if not (extracted or (paths.as_path(root) / files.archive).is_file()):
         _fetch_archive(dataset, root, tfds_reason)
     raw = _read_members(files, root, (*files.members[split], files.meta))
     batches = [_unpickle(raw[name], f"{root}: {name}") for name in files.members[split]]

@@ -1,4 +1,5 @@
-"""Download one file with a progress bar and an md5 check; nothing half-written is left."""
+"""Download one file with a progress bar and an md5 check; nothing half-written is left.
+The destination may be remote (:mod:`resnet_flax.io.paths`): the file is uploaded once verified."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import urllib.request
 
 from tqdm import tqdm
 
+from resnet_flax.io import paths
+
 CHUNK = 1 << 20
 
 
@@ -18,6 +21,14 @@ class ChecksumError(OSError):
 
 def download_file(url: str, dest: str, md5: str, timeout: float = 30.0) -> str:
     """Fetch `url` to `dest` (via a temporary file in the same folder, renamed when verified)."""
+    if not paths.is_local(dest):
+        with tempfile.TemporaryDirectory() as folder:
+            local = download_file(url, os.path.join(folder, os.path.basename(dest)), md5, timeout)
+            remote = paths.as_path(dest)
+            remote.parent.mkdir(parents=True, exist_ok=True)
+            remote.write_bytes(paths.read_bytes(local))
+        return dest
+    dest = str(paths.as_path(dest))
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(dest), suffix=".part")

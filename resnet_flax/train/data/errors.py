@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from resnet_flax.io import paths
 from resnet_flax.models.checks import did_you_mean
 
 T = TypeVar("T")
@@ -26,13 +26,15 @@ def unknown_choice(kind: str, value: str, valid: Iterable[str], fix: str = "") -
 
 
 def require_dir(path: str | None, what: str, fix: str) -> str:
-    """Return `path` if it is an existing directory, else raise a DataError naming it."""
+    """Return `path` (local or a URL, ``file://`` dropped) if it is an existing directory,
+    else raise a DataError naming it."""
     if path is None:
         raise DataError(f"{what} needs a data_dir. {fix}")
-    if not os.path.isdir(path):
-        state = "is not a directory" if os.path.exists(path) else "does not exist"
+    found = paths.as_path(path)
+    if not found.is_dir():
+        state = "is not a directory" if found.exists() else "does not exist"
         raise DataError(f"{what}: {path} {state}. {fix}")
-    return path
+    return str(found)
 
 
 def decoded(decode: Callable[..., T], source: str, *args: Any, **kwargs: Any) -> T:

@@ -6,9 +6,11 @@ Class index = position of the class folder's name in sorted order, as in torchvi
 from __future__ import annotations
 
 import dataclasses
-import os
+import posixpath
 
 import numpy as np
+
+from resnet_flax.io import paths
 
 from .errors import DataError, require_dir
 from .splits import check_split
@@ -21,19 +23,23 @@ LAYOUT = "Lay images out as <data_dir>/<split>/<class>/<image> (the ImageFolder 
 class FolderListing:
     """Every image file of one split, in a fixed order (class, then file name)."""
 
-    root: str  # the split folder
+    root: str  # the split folder (local, or a URL such as gs://bucket/imagenet/train)
     class_names: list[str]
-    files: list[str]  # paths relative to root
+    files: list[str]  # paths relative to root, "/"-separated
     labels: np.ndarray  # int32
 
     def paths(self) -> list[str]:
-        """Absolute paths of the files."""
-        return [os.path.join(self.root, f) for f in self.files]
+        """Full paths of the files."""
+        return [join(self.root, f) for f in self.files]
+
+
+def join(root: str, name: str) -> str:
+    """``root/name`` for a local path or a URL alike."""
+    return posixpath.join(root, name)
 
 
 def _visible_dirs(path: str) -> list[str]:
-    with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    return [name for name in paths.list_dir(path)[0] if not name.startswith(".")]
 
 
 def folder_splits(data_dir: str) -> list[str]:
@@ -45,7 +51,7 @@ def list_folder(data_dir: str | None, split: str) -> FolderListing:
     """List the images of `split` under `data_dir`; errors name the folder and the fix."""
     data_dir = require_dir(data_dir, "The 'folder' data set", LAYOUT)
     split = check_split(split, folder_splits(data_dir), f"split folders in {data_dir}")
-    root = os.path.join(data_dir, split)
+    root = join(data_dir, split)
     class_names = _visible_dirs(root)
     if not class_names:
         raise DataError(f"{root} has no class folders. {LAYOUT}")
@@ -53,13 +59,12 @@ def list_folder(data_dir: str | None, split: str) -> FolderListing:
     labels: list[int] = []
     empty = []
     for index, name in enumerate(class_names):
-        with os.scandir(os.path.join(root, name)) as entries:
-            found = sorted(
-                e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
+        found = [
+            f for f in paths.list_dir(join(root, name))[1] if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
         if not found:
             empty.append(name)
-        files.extend(os.path.join(name, f) for f in found)
+        files.extend(f"{name}/{f}" for f in found)
         labels.extend([index] * len(found))
     if empty:
         shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")

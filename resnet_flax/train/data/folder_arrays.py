@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import posixpath
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
+
+from resnet_flax.io import paths as filesystem
 
 from . import cache
 from .errors import decoded
@@ -25,7 +28,11 @@ CHUNK = 256
 
 
 def _decode(path: str, size: int) -> np.ndarray:
-    return decoded(eval_crop, path, path, size, resize_size=size)
+    return decoded(_read_and_crop, path, path, size)
+
+
+def _read_and_crop(path: str, size: int) -> np.ndarray:
+    return eval_crop(filesystem.read_bytes(path), size, resize_size=size)
 
 
 def decode_all(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
@@ -45,9 +52,9 @@ def load_folder_arrays(request: Request) -> tuple[np.ndarray, np.ndarray, list[s
     split, image_size = request.split, request.image_size
     listing: FolderListing = list_folder(request.data_dir, split)
     paths = listing.paths()
-    root = os.path.abspath(listing.root)
+    root = str(filesystem.absolute(listing.root))
     key = cache.fingerprint(paths, root, image_size)
-    name = f"folder-{os.path.basename(os.path.dirname(root))}-{split}-{image_size}px-{key}"
+    name = f"folder-{posixpath.basename(posixpath.dirname(root))}-{split}-{image_size}px-{key}"
     entry = cache.load(name)
     if entry is not None:
         return entry["images"], entry["labels"], [str(c) for c in entry["class_names"]]

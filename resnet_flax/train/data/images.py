@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import math
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from resnet_flax.io import paths
 
 cv2.setNumThreads(1)  # one image per worker process; OpenCV's own pool would oversubscribe
 
@@ -27,12 +28,13 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 
 
 def open_image(data: bytes | np.ndarray | str | os.PathLike) -> Image.Image:
-    """A lazily decoded PIL image from encoded bytes, a file path, or a decoded HWC array."""
+    """A lazily decoded PIL image from encoded bytes, a file path (local or remote), or a
+    decoded HWC array."""
     if isinstance(data, np.ndarray):
         return Image.fromarray(data)
     if isinstance(data, bytes):
         return Image.open(io.BytesIO(data))
-    return Image.open(data)
+    return Image.open(io.BytesIO(paths.read_bytes(data)))
 
 
 def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
@@ -99,7 +101,7 @@ def train_crop(data: bytes | np.ndarray | str, size: int, rng: np.random.Generat
         box = random_resized_box(data.shape[1], data.shape[0], rng)
         pixels, scale = data, 1.0
     else:
-        encoded = data if isinstance(data, bytes) else Path(data).read_bytes()
+        encoded = data if isinstance(data, bytes) else paths.read_bytes(data)
         width, height = Image.open(io.BytesIO(encoded)).size  # reads the header only
         box = random_resized_box(width, height, rng)
         pixels = _decode_reduced(encoded, _reduction(box, size))

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from resnet_flax.io import paths
+
 from .errors import DataError, require_dir
-from .folder import FolderListing, folder_splits, list_folder
+from .folder import FolderListing, folder_splits, join, list_folder
 from .tfds_source import TfdsUnavailable, open_tfds, tfds_class_names
 
 # The same split under its TFDS name and its usual ImageFolder name.
@@ -33,9 +35,9 @@ class FolderSource:
         return len(self._labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = os.path.join(self._root, os.fsdecode(self._files[index]))
-        with open(path, "rb") as file:
-            return {"image": file.read(), "label": int(self._labels[index]), "source": path}
+        path = join(self._root, os.fsdecode(self._files[index]))
+        image = paths.read_bytes(path)
+        return {"image": image, "label": int(self._labels[index]), "source": path}
 
 
 class TfdsSource:
@@ -78,7 +80,7 @@ def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSour
         "train/ and val/ in the ImageFolder layout (<split>/<wnid>/<image>.JPEG)."
     )
     data_dir = require_dir(data_dir, "imagenet2012", fix)
-    if not os.path.isdir(os.path.join(data_dir, "imagenet2012")):
+    if not paths.as_path(join(data_dir, "imagenet2012")).is_dir():
         return folder_source(data_dir, split)
     try:
         return TfdsSource("imagenet2012", "validation" if split == "val" else split, data_dir)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from resnet_flax.io import paths
 
 
 class TfdsUnavailable(Exception):
@@ -15,7 +16,7 @@ def open_tfds(name: str, split: str, data_dir: str | None, *, decode_images: boo
 
     With decode_images=False, records hold the encoded image bytes (decode them yourself).
     """
-    if data_dir is not None and not os.path.isdir(os.path.join(data_dir, name)):
+    if data_dir is not None and not (paths.as_path(data_dir) / name).is_dir():
         raise TfdsUnavailable(f"there is no TFDS {name}/ folder in {data_dir}")
     try:
         import tensorflow_datasets as tfds

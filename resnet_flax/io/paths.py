@@ -1,0 +1,117 @@
+"""Paths on any filesystem ``etils.epath`` serves: local disks, ``gs://``, ``s3://``, ``az://``,
+``hf://``. Every file the package reads or writes outside its caches goes through here.
+
+A remote scheme needs the fsspec library that serves it (``gcsfs`` for ``gs://``, ``s3fs`` for
+``s3://``, ...); without it, the error names the package to install. ``file://`` URLs are local
+paths. Object stores cannot append to a file, so :class:`AppendFile` uploads the whole file
+again on each flush there (as tensorboardX's own ``gs://`` and ``s3://`` writers do).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import BinaryIO
+
+from etils import epath
+
+# scheme -> (the module that serves it, the extra of this package that installs it, if any)
+SERVED_BY = {
+    "gs": ("gcsfs", "gcs"),
+    "s3": ("s3fs", "s3"),
+    "az": ("adlfs", None),
+    "hf": ("huggingface_hub", None),
+}
+
+Path = epath.Path
+PathLike = str | os.PathLike
+
+
+class PathError(ValueError):
+    """A path this installation cannot open: an unknown scheme, or its library is missing."""
+
+
+def scheme(path: PathLike) -> str | None:
+    """``"gs"`` for ``gs://bucket/x``; None for a local path."""
+    head, sep, _ = os.fspath(path).partition("://")
+    return head if sep else None
+
+
+def is_local(path: PathLike) -> bool:
+    return scheme(path) in (None, "file")
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``: local ones with ``~`` expanded, remote ones checked to have
+    the library that serves them."""
+    text = os.fspath(path)
+    kind = scheme(text)
+    if kind == "file":
+        text = text.removeprefix("file://")
+    elif kind is not None:
+        if kind not in SERVED_BY:
+            known = ", ".join(f"{s}://" for s in SERVED_BY)
+            raise PathError(f"{text}: no filesystem serves {kind}://; use a local path or {known}.")
+        module, extra = SERVED_BY[kind]
+        if importlib.util.find_spec(module) is None:
+            also = f" (or pip install 'resnet-flax[{extra}]')" if extra else ""
+            raise PathError(f"{text}: {kind}:// paths need {module}: pip install {module}{also}.")
+        return epath.Path(text)
+    return epath.Path(text).expanduser()
+
+
+def absolute(path: PathLike) -> epath.Path:
+    """:func:`as_path`, made absolute when local (orbax wants absolute checkpoint paths)."""
+    path = as_path(path)
+    return path if not is_local(path) else epath.Path(os.path.abspath(path))
+
+
+def list_dir(path: PathLike) -> tuple[list[str], list[str]]:
+    """``(folders, files)`` directly in ``path``, sorted: one listing call on an object store
+    (``walk``), not one status request per entry."""
+    for _, folders, files in as_path(path).walk():
+        return sorted(folders), sorted(files)
+    return [], []
+
+
+def read_bytes(path: PathLike) -> bytes:
+    return as_path(path).read_bytes()
+
+
+class AppendFile:
+    """A binary file that ``write`` appends to and ``flush`` makes durable, on any filesystem.
+
+    Locally it is the file opened in append mode. On an object store the content is kept in
+    memory (starting from what the file already holds) and uploaded whole on each flush, so a
+    reader sees every flushed write and never half of one.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = as_path(path)
+        self._file: BinaryIO | None = None
+        self._data = bytearray()
+        self._pending = False
+        if is_local(self.path):
+            self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
+        elif self.path.exists():
+            self._data += self.path.read_bytes()
+
+    def write(self, data: bytes) -> int:
+        if self._file is not None:
+            return self._file.write(data)
+        self._data += data
+        self._pending = True
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        elif self._pending:
+            self.path.write_bytes(bytes(self._data))
+            self._pending = False
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
