@@ -83,6 +83,56 @@ def test_corrupt_latest_falls_back_to_the_previous(tmp_path):
     checkpoints.close()
 
 
+def _data_files(step_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", ["deleted", "bit flip"])
+def test_a_deleted_or_changed_data_file_falls_back(tmp_path, damage):
+    """A deleted data file makes orbax raise a bare Exception; a flipped bit restores silently
+    without the checksums. Either way the step is set aside and the previous one restores."""
+    checkpoints = save_steps(tmp_path, {1: None, 2: None}, keep=3)
+    recorded = json.loads((tmp_path / "2" / "checksums.json").read_text())["sha256"]
+    assert set(recorded) >= {
+        str(p.relative_to(tmp_path / "2")) for p in _data_files(tmp_path / "2")
+    }
+    victim = _data_files(tmp_path / "2")[0]
+    if damage == "deleted":
+        victim.unlink()
+        expected = "is missing"
+    else:
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        victim.write_bytes(bytes(data))
+        expected = "differs from the checksum recorded when it was saved"
+    target = abstract_tree(small_tree(0), make_mesh())
+    with pytest.warns(UserWarning, match=rf"checkpoint {tmp_path / '2'} is unreadable.*{expected}"):
+        tree, _, step = checkpoints.restore(target, quarantine=True)
+    assert step == 1 and float(tree["params"]["w"][0, 0]) == 1.0
+    assert (tmp_path / "2.corrupt").is_dir() and checkpoints.all_steps() == [1]
+    checkpoints.close()
+
+
+def test_any_restore_failure_falls_back(tmp_path, monkeypatch):
+    """Whatever orbax raises while restoring a step (here a bare Exception) means unreadable."""
+    checkpoints = save_steps(tmp_path, {1: None, 2: None}, keep=3)
+    restore = checkpoints._manager.restore
+
+    def failing(step, *args, **kwargs):
+        if step == 2:
+            raise Exception("Encountered error while reading array index 0")  # noqa: TRY002
+        return restore(step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints._manager, "restore", failing)
+    with pytest.warns(UserWarning, match="reading array index 0.*resuming from step 1"):
+        _, _, step = checkpoints.restore(abstract_tree(small_tree(0), make_mesh()))
+    assert step == 1
+    checkpoints.close()
+
+
 # After a failed read, orbax's tensorstore callbacks may hit a closed asyncio loop: noise.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_checkpoint_names_the_file(tmp_path):

@@ -9,14 +9,20 @@ never deleted for being worse than an old one.
 
 Restore reads onto an abstract tree whose leaves carry the current mesh's shardings, so a
 checkpoint written on 8 devices restores on 1 (and the reverse). A step that cannot be read
-(truncated, corrupt) is skipped with a warning naming its directory, and the previous one is
-tried; if none can be read, :class:`CheckpointError` names the step directory and the file.
+(truncated, deleted or corrupt files: whatever orbax raises) is skipped with a warning naming
+its directory, and the previous one is tried; if none can be read, :class:`CheckpointError`
+names the step directory and the file. orbax's chunks carry no checksum, so each step also gets
+``checksums.json`` (the sha256 of every file), written off the training thread once orbax has
+finished the step, and checked before the step is restored: a changed byte is corruption too.
 With several processes the candidates are process 0's, and a step that fails on any process
 is skipped by all, so every process resumes from the same step.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import warnings
 from typing import Any
 
@@ -31,7 +37,8 @@ from resnet_flax.io import paths
 from resnet_flax.train.parallel import any_process, replicated
 
 STATE, META = "state", "meta"
-_READ_ERRORS = (ValueError, OSError, KeyError, RuntimeError)  # what an unreadable step raises
+CHECKSUMS = "checksums.json"  # in each step directory: {"sha256": {relative path: hex digest}}
+_CHUNK = 1 << 22
 
 
 class CheckpointError(ValueError):
@@ -78,6 +85,12 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+        # Checksums are recorded by process 0, one step behind the saves, in this thread.
+        self._hasher = None
+        if not read_only and jax.process_index() == 0:
+            self._hasher = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-checksums")
+        self._unrecorded: int | None = None
+        self._recording: concurrent.futures.Future | None = None
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -99,7 +112,18 @@ class Checkpoints:
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         )
         metrics = None if accuracy is None else {"accuracy": float(accuracy)}
-        return self._manager.save(step, args=args, metrics=metrics, force=True)
+        saved = self._manager.save(step, args=args, metrics=metrics, force=True)
+        # orbax finished the previous save before starting this one: its files are final.
+        self._record_checksums()
+        if saved:
+            self._unrecorded = step
+        return saved
+
+    def _record_checksums(self) -> None:
+        if self._hasher is not None and self._unrecorded is not None:
+            step_dir = self.directory / str(self._unrecorded)
+            self._recording = self._hasher.submit(record_checksums, step_dir)
+        self._unrecorded = None
 
     def restore(
         self, target: Any, step: int | None = None, *, quarantine: bool = False
@@ -125,7 +149,9 @@ class Checkpoints:
             if not any_process(error is not None):
                 try:
                     restored = self._manager.restore(candidate, args=args)
-                except _READ_ERRORS as e:
+                except (
+                    Exception
+                ) as e:  # orbax and TensorStore raise many kinds; all mean unreadable
                     error = e
             if any_process(error is not None):
                 failures.append((candidate, error or _ElsewhereError(candidate)))
@@ -150,10 +176,12 @@ class Checkpoints:
         )
 
     def _unreadable_here(self, step: int) -> BaseException | None:
-        """Why this process cannot read ``step``'s metadata, or None (no collectives)."""
+        """Why this process cannot read ``step``: a file differs from its recorded checksum, or
+        the metadata is unreadable; None if it can (no collectives)."""
         try:
+            verify_checksums(self.directory / str(step))
             self._manager.item_metadata(step)
-        except _READ_ERRORS as error:
+        except Exception as error:
             return error
         return None
 
@@ -166,11 +194,76 @@ class Checkpoints:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until the pending asynchronous save is on disk."""
+        """Block until the pending asynchronous save is on disk, with its checksums."""
         self._manager.wait_until_finished()
+        self._record_checksums()
+        if self._recording is not None:
+            self._recording.result()
+            self._recording = None
 
     def close(self) -> None:
+        self.wait()
+        if self._hasher is not None:
+            self._hasher.shutdown()
         self._manager.close()
+
+
+class ChecksumError(OSError):
+    """A checkpoint file's content differs from the checksum recorded when it was saved."""
+
+
+def _sha256(path: paths.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _step_files(step_dir: paths.Path) -> dict[str, paths.Path]:
+    """Every file below ``step_dir`` by its relative path (one listing per folder)."""
+    base = str(step_dir).split("://", 1)[-1].rstrip("/")
+    files = {}
+    for folder, _, names in step_dir.walk():  # fsspec's walk names folders without the scheme
+        inner = str(folder).split("://", 1)[-1][len(base) :].strip("/")
+        for name in names:
+            relative = f"{inner}/{name}" if inner else name
+            if relative not in (CHECKSUMS, f"{CHECKSUMS}.part"):
+                files[relative] = step_dir / relative
+    return files
+
+
+def record_checksums(step_dir: paths.Path) -> None:
+    """Write ``step_dir/checksums.json``: the sha256 of each file orbax wrote there. A step
+    that retention deleted meanwhile is left alone."""
+    try:
+        digests = {name: _sha256(path) for name, path in sorted(_step_files(step_dir).items())}
+        if not step_dir.is_dir():
+            return
+        text = json.dumps({"sha256": digests}, indent=0)
+        partial = step_dir / f"{CHECKSUMS}.part"
+        partial.write_text(text)
+        partial.replace(step_dir / CHECKSUMS)
+    except FileNotFoundError:
+        return
+
+
+def verify_checksums(step_dir: paths.Path) -> None:
+    """Raise :class:`ChecksumError` naming the first file of ``step_dir`` that is missing or
+    whose content changed since it was saved; steps saved without checksums pass."""
+    manifest = step_dir / CHECKSUMS
+    if not manifest.exists():
+        return
+    try:
+        recorded = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ChecksumError(f"{manifest} is unreadable ({error})") from error
+    for name, digest in recorded.items():
+        path = step_dir / name
+        if not path.exists():
+            raise ChecksumError(f"{path} is missing (it was saved with this step)")
+        if _sha256(path) != digest:
+            raise ChecksumError(f"{path} differs from the checksum recorded when it was saved")
 
 
 class _ElsewhereError(RuntimeError):
