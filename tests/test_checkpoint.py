@@ -116,6 +116,24 @@ def test_a_deleted_or_changed_data_file_falls_back(tmp_path, damage):
     checkpoints.close()
 
 
+def test_an_unwritable_checkpoint_directory_fails_at_once(tmp_path):
+    """Refused when the manager is made, before training (orbax used to stall 300 s in its
+    background save, then print nine tracebacks)."""
+    (tmp_path / "checkpoints").write_text("")  # a file where the directory should be
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoints to .*choose another"):
+        Checkpoints(tmp_path / "checkpoints")
+    read_only = Path("/sys/fs/resnet-flax-checkpoints")  # sysfs: not writable, even by root
+    try:
+        read_only.mkdir()
+    except OSError:
+        pass
+    else:
+        read_only.rmdir()
+        pytest.skip("/sys/fs is writable here")
+    with pytest.raises(CheckpointError, match=rf"cannot write checkpoints to {read_only} \("):
+        Checkpoints(read_only)
+
+
 def test_any_restore_failure_falls_back(tmp_path, monkeypatch):
     """Whatever orbax raises while restoring a step (here a bare Exception) means unreadable."""
     checkpoints = save_steps(tmp_path, {1: None, 2: None}, keep=3)

@@ -216,6 +216,16 @@ def test_cli_writes_the_resolved_config(tmp_path: Path, monkeypatch, capsys) -> 
     assert runs[1][2] is True
 
 
+@pytest.mark.parametrize("stopped_by, code", [("SIGTERM", 143), ("SIGINT", 130), (None, 0)])
+def test_cli_exit_code_tells_a_preempted_run(tmp_path: Path, monkeypatch, capsys, stopped_by, code):
+    """Stopped by a signal (after saving): 128 + its number; stopped by max_steps: 0."""
+    result = {"step": 2, "interrupted": True, "signal": stopped_by}
+    monkeypatch.setattr(cli, "_run", lambda *args: result)
+    assert cli.main(["--config", "lenet5_cifar", "--workdir", str(tmp_path)]) == code
+    if stopped_by:
+        assert f"stopped by {stopped_by} at step 2 (saved)" in capsys.readouterr().err
+
+
 def test_cli_default_workdir(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "_run", lambda *args: {})

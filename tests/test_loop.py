@@ -76,7 +76,7 @@ def test_uninterrupted_run(uninterrupted):
 def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path, tiny_config):
     """Stopped mid-epoch at step 3 by max_steps, relaunched: bitwise the uninterrupted run."""
     stopped = loop.train_and_evaluate(tiny_config(max_steps=3), tmp_path)
-    assert stopped["step"] == 3 and stopped["interrupted"]
+    assert stopped["step"] == 3 and stopped["interrupted"] and stopped["signal"] is None
     assert Checkpoints(tmp_path / "checkpoints", read_only=True).latest_step() == 3
     resumed = loop.train_and_evaluate(tiny_config(), tmp_path)
     assert resumed["step"] == 8 and not resumed["interrupted"]
@@ -95,7 +95,7 @@ def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch
 
     monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
     stopped = loop.train_and_evaluate(tiny_config(), tmp_path)
-    assert stopped["step"] == 2 and stopped["interrupted"]
+    assert stopped["step"] == 2 and stopped["interrupted"] and stopped["signal"] == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     monkeypatch.undo()
     assert Checkpoints(tmp_path / "checkpoints", read_only=True).all_steps() == [2]

@@ -184,7 +184,8 @@ def worker(mode: str, workdir: str, config_path: str) -> None:
 
         ocp.CheckpointManager.item_metadata = item_metadata
     result = loop.train_and_evaluate(config, workdir)  # initialises jax.distributed
-    print("RESULT", json.dumps({"step": result["step"], "interrupted": result["interrupted"]}))
+    summary = {key: result[key] for key in ("step", "interrupted", "signal")}
+    print("RESULT", json.dumps(summary))
     assert jax.device_count() == 2
     assert jax.process_count() == (1 if mode == "reference" else 2)
     if mode == "preempt":
@@ -306,6 +307,7 @@ def test_preemption_and_a_checkpoint_one_process_cannot_read_are_agreed(
     config = config_file(tiny_config(sync_batch_norm=True, max_steps=6, checkpoint_every_steps=2))
     first = [result_of(out) for out in two_processes("preempt", tmp_path / "two", config)]
     assert first[0] == first[1] and first[0]["interrupted"], first
+    assert first[0]["signal"] == "SIGTERM"  # the process that got none stops as preempted too
     stopped = first[0]["step"]
     assert stopped == 3  # the vote cast after step 2 is read after step 3
     saved = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from typing import BinaryIO
 
 from etils import epath
@@ -72,6 +73,17 @@ def list_dir(path: PathLike) -> tuple[list[str], list[str]]:
     for _, folders, files in as_path(path).walk():
         return sorted(folders), sorted(files)
     return [], []
+
+
+def check_writable(folder: PathLike) -> epath.Path:
+    """Create ``folder`` if need be and write (then delete) a probe file in it; raises the
+    ``OSError`` a write there meets, before any long-running work depends on it."""
+    folder = as_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
 
 
 def read_bytes(path: PathLike) -> bytes:

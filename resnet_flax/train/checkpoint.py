@@ -66,6 +66,14 @@ class Checkpoints:
         read_only: bool = False,
     ) -> None:
         self.directory = _checkpoint_path(directory)
+        if not read_only:  # fail now, not in orbax's background save after a long first epoch
+            try:
+                paths.check_writable(self.directory)
+            except OSError as error:
+                raise CheckpointError(
+                    f"cannot write checkpoints to {self.directory} ({error.strerror or error}): "
+                    f"choose another --workdir, or make that directory writable."
+                ) from None
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=max(keep, 1)),

@@ -1,7 +1,9 @@
 """``python -m train``: pick a config, override keys, train (or evaluate) in a work directory.
 
 User errors (an unknown config or key, a badly typed value, missing data) end with exit code 2
-and one ``error: ...`` line on stderr, no traceback. The project raises every bad-input error
+and one ``error: ...`` line on stderr, no traceback. A run stopped by SIGTERM or Ctrl-C saves a
+checkpoint, then exits with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), so a
+scheduler can tell a preempted run from a finished one (0). The project raises every bad-input error
 as a ``ValueError`` subclass (``ConfigError``, ``DataError``, ``CheckpointError``, ...), so
 that is what is caught.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 import ml_collections
@@ -116,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: run the same command again to resume.", file=sys.stderr)
         return 130
     print(json.dumps(results, indent=2, default=float))
+    if results.get("signal"):
+        print(
+            f"stopped by {results['signal']} at step {results['step']} (saved): run the same "
+            f"command again to resume.",
+            file=sys.stderr,
+        )
+        return 128 + signal.Signals[results["signal"]].value
     return 0
 
 

@@ -329,7 +329,7 @@ class _Run:
             )
 
     def train(self) -> dict[str, Any]:
-        config, interrupted = self.config, False
+        config, interrupted, stopped_by = self.config, False, None
         if self.step >= self.stop_step:
             _say(f"already at step {self.step}: nothing to train (raise max_steps or num_epochs)")
         progress = Progress(
@@ -350,8 +350,9 @@ class _Run:
                     stopping = stop_request.stop()
                     if accuracy is not None or stopping or self._checkpoint_due():
                         self._save(accuracy)
-                    if stopping:
+                    if stopping:  # another process's signal stops this one too
                         interrupted = True
+                        stopped_by = signal.Signals(stop_request.signal or signal.SIGTERM).name
                         break
         finally:
             batches.close()  # stops a stream's decoding processes
@@ -363,6 +364,7 @@ class _Run:
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
             "interrupted": interrupted or self.step < self.total_steps,
+            "signal": stopped_by,
             "best_accuracy": self.meta["best_accuracy"],
             "best_step": self.meta["best_step"],
             **self.result,
@@ -453,8 +455,9 @@ def _say(message: str) -> None:
 def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating as set.
 
-    Returns ``{"step", "epoch", "interrupted", "train", "eval", "best_accuracy", "best_step"}``;
-    ``interrupted`` is True when a signal or ``max_steps`` stopped training before the end.
+    Returns ``{"step", "epoch", "interrupted", "signal", "train", "eval", "best_accuracy",
+    "best_step"}``; ``interrupted`` is True when a signal or ``max_steps`` stopped training
+    before the end, ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that did.
     """
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
     return _Run(config, paths.as_path(workdir)).train()
