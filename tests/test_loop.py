@@ -207,3 +207,32 @@ def test_streamed_folder_resumes_exactly(tmp_path, tiny_config):
     loop.train_and_evaluate(tiny_config(max_steps=4, **config), tmp_path / "parts")
     loop.train_and_evaluate(tiny_config(**config), tmp_path / "parts")
     assert_same_run(tmp_path / "whole", tmp_path / "parts", steps=6)
+
+
+def test_a_second_trainer_on_a_workdir_is_refused(tmp_path, tiny_config):
+    """A live holder (a running process) keeps the workdir; a dead one's lock is taken over."""
+    import socket
+    import subprocess
+    import sys
+
+    from resnet_flax.train.lock import LOCK_FILE, WorkdirLocked
+
+    def lock_held_by(pid: int) -> None:
+        tmp_path.mkdir(exist_ok=True)
+        holder = {"pid": pid, "host": socket.gethostname(), "since": 0}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_held_by(alive.pid)
+        message = rf"in use by process {alive.pid} on host {socket.gethostname()}.*--workdir"
+        with pytest.raises(WorkdirLocked, match=message):
+            loop.train_and_evaluate(tiny_config(max_steps=1), tmp_path)
+        assert not (tmp_path / "checkpoints").exists()  # refused before anything was written
+    finally:
+        alive.kill()
+        alive.wait()
+    lock_held_by(alive.pid)  # now a dead process's
+    with pytest.warns(UserWarning, match=rf"taking over the lock of process {alive.pid}"):
+        result = loop.train_and_evaluate(tiny_config(max_steps=1), tmp_path)
+    assert result["step"] == 1 and not (tmp_path / LOCK_FILE).exists()  # released at the end

@@ -56,6 +56,7 @@ from resnet_flax.train.data import (
     normalize,
     stream_info,
 )
+from resnet_flax.train.lock import WorkdirLock
 from resnet_flax.train.metrics import MetricsWriter, Progress
 from resnet_flax.train.optim import make_optimizer, make_schedule
 from resnet_flax.train.state import new_train_state, pretrained_variables, shapes
@@ -453,14 +454,17 @@ def _say(message: str) -> None:
 
 
 def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating as set.
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating as set;
+    one trainer per workdir (:class:`~resnet_flax.train.lock.WorkdirLock`).
 
     Returns ``{"step", "epoch", "interrupted", "signal", "train", "eval", "best_accuracy",
     "best_step"}``; ``interrupted`` is True when a signal or ``max_steps`` stopped training
     before the end, ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that did.
     """
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
-    return _Run(config, paths.as_path(workdir)).train()
+    workdir = paths.as_path(workdir)
+    with WorkdirLock(workdir):
+        return _Run(config, workdir).train()
 
 
 # ---------------------------------------------------------------------------------- evaluation
