@@ -9,6 +9,7 @@ import pytest
 
 import resnet_flax
 from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision, torch_key
+from resnet_flax.io.pth import write_pth, write_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,42 @@ def test_missing_unexpected_and_misshaped_keys(resnet18_state) -> None:
     with pytest.raises(ValueError) as err:
         load_torchvision("resnet18", broken)
     message = str(err.value)
-    assert "missing key 'layer2.0.conv1.weight' (expected shape (128, 64, 3, 3))" in message
-    assert "unexpected key 'extra.weight' with shape (3,)" in message
+    assert "1 missing keys:\n  'layer2.0.conv1.weight' (expected shape (128, 64, 3, 3))" in message
+    assert "1 unexpected keys:\n  'extra.weight' with shape (3,)" in message
     assert "'layer1.0.bn1.running_mean' has shape (65,), the model expects (64,)" in message
+
+
+def test_unexpected_keys_are_shown_beside_many_missing_ones(resnet18_state) -> None:
+    renamed = {("head." + k if k.startswith("layer4") else k): v for k, v in resnet18_state.items()}
+    with pytest.raises(ValueError) as err:
+        load_torchvision("resnet18", renamed)
+    message = str(err.value)
+    assert "30 missing keys:" in message and "... 10 more" in message
+    assert "30 unexpected keys:\n  'head.layer4.0.bn1.bias' with shape (512,)" in message
+
+
+@pytest.mark.parametrize("prefix", ["model.", "module.", "backbone.", "module.model."])
+def test_a_prefix_every_key_carries_is_stripped(resnet18_state, prefix) -> None:
+    wrapped = {prefix + key: value for key, value in resnet18_state.items()}
+    with pytest.warns(UserWarning, match=rf"every key starts with '{prefix}'.*without it"):
+        _, variables = load_torchvision("resnet18", wrapped)
+    np.testing.assert_array_equal(variables["params"]["fc"]["bias"], resnet18_state["fc.bias"])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.uint8])
+def test_integer_weights_are_refused(resnet18_state, tmp_path, dtype) -> None:
+    """Cast to float they would be whole numbers (predict then gave 0.10% to every class)."""
+    quantized = {
+        key: value if key.endswith("num_batches_tracked") else value.astype(dtype)
+        for key, value in resnet18_state.items()
+    }
+    for suffix, write in (("pth", write_pth), ("safetensors", write_safetensors)):
+        path = tmp_path / f"int.{suffix}"
+        write(path, quantized)
+        message = rf"int.{suffix}: 102 floating-point parameters of resnet18 are not floating "
+        message += "in the file "
+        with pytest.raises(ValueError, match=message + rf"\('[\w.]+' is {np.dtype(dtype)}, "):
+            load_torchvision("resnet18", path)
 
 
 def test_wrong_architecture_is_named(resnet18_state) -> None:

@@ -15,6 +15,9 @@ import pytest
 from resnet_flax.io.pth import (
     CheckpointError,
     UnsafeCheckpointError,
+    _pickle_int,
+    _pickle_ints,
+    _pickle_str,
     read_pth,
     read_safetensors,
     read_state_dict,
@@ -111,7 +114,7 @@ def test_wrapped_checkpoints_and_tensor_mappings(tmp_path):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
     state = {"module.fc.weight": torch.randn(2, 3), "module.fc.bias": torch.zeros(2)}
     state["module.fc.bf16"] = torch.ones(2, dtype=torch.bfloat16)
-    expected = {key.removeprefix("module."): _torch_tensor_as_numpy(v) for key, v in state.items()}
+    expected = {key: _torch_tensor_as_numpy(v) for key, v in state.items()}  # prefixes: convert
     for wrapper in ("state_dict", "model_state_dict", "model"):
         path = tmp_path / f"{wrapper}.pt"
         torch.save({"epoch": 3, "optimizer": {"lr": 0.1}, wrapper: state}, path)
@@ -251,8 +254,95 @@ def test_safetensors_round_trip_and_errors(tmp_path):
 def test_read_state_dict_dispatch(tmp_path):
     arrays = {"module.w": np.ones((2, 2), np.float32), "module.b": np.zeros(2, np.float32)}
     write_pth(tmp_path / "w.bin", arrays)
-    expected = {"w": arrays["module.w"], "b": arrays["module.b"]}
-    _assert_same(read_state_dict(tmp_path / "w.bin"), expected)
-    _assert_same(read_state_dict(arrays), expected)
+    _assert_same(read_state_dict(tmp_path / "w.bin"), arrays)
+    _assert_same(read_state_dict(arrays), arrays)
     with pytest.raises(CheckpointError, match=r"\.npz.*\.pth.*\.safetensors"):
         read_state_dict(tmp_path / "w.npz")
+
+
+# ---------------------------------------------------------------- files built to exhaust memory
+
+
+def _tensor_records(keys: list[str], numel: int, size: tuple, stride: tuple) -> bytes:
+    """A state_dict pickle whose ``keys`` all rebuild from storage "0" of ``numel`` floats."""
+    ordered_dict = (
+        pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE + pickle.REDUCE
+    )
+    out = [pickle.PROTO + b"\x02", ordered_dict]
+    for key in keys:
+        out += [
+            _pickle_str(key),
+            pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n" + pickle.MARK,
+            pickle.MARK + _pickle_str("storage") + pickle.GLOBAL + b"torch\nFloatStorage\n",
+            _pickle_str("0") + _pickle_str("cpu") + _pickle_int(numel),
+            pickle.TUPLE + pickle.BINPERSID + _pickle_int(0),
+            _pickle_ints(size) + _pickle_ints(stride) + pickle.NEWFALSE + ordered_dict,
+            pickle.TUPLE + pickle.REDUCE + pickle.SETITEM,
+        ]
+    return b"".join(out) + pickle.STOP
+
+
+def _hostile_pth(path: Path, records: bytes, data: bytes, compress: bool = False) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", records)
+        archive.writestr("archive/byteorder", b"little")
+        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        archive.writestr("archive/data/0", data, compress_type=method)
+    return path
+
+
+_CAPPED_READ = """
+import resource, sys
+from resnet_flax.io.pth import CheckpointError, read_pth
+size = next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]
+cap = int(size) * 1024 + 192 * 2**20  # what the interpreter has mapped, plus 192 MiB
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+try:
+    read_pth(sys.argv[1])
+except CheckpointError as error:
+    print("REFUSED", error)
+except MemoryError:
+    print("OUT OF MEMORY")
+"""
+
+
+def _read_capped(path: Path) -> str:
+    """read_pth(path) in a process allowed 192 MiB more than it starts with: a regression
+    fails with OUT OF MEMORY instead of swapping."""
+    run = subprocess.run(
+        [sys.executable, "-c", _CAPPED_READ, str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return run.stdout + run.stderr
+
+
+def test_zero_strides_cannot_inflate_a_tensor(tmp_path):
+    """The issue's 633-byte file: 2 GiB of one float repeated by a zero stride."""
+    records = _tensor_records(["w"], numel=1, size=(1 << 29,), stride=(0,))
+    path = _hostile_pth(tmp_path / "zero_stride.pth", records, np.ones(1, np.float32).tobytes())
+    assert path.stat().st_size < 1000
+    assert "REFUSED" in (out := _read_capped(path)) and "zero or overlapping strides" in out, out
+
+
+def test_a_compressed_member_is_refused_before_it_inflates(tmp_path):
+    """1 MiB on disk, 256 MiB once inflated: torch never compresses, so it is not inflated."""
+    numel = 64 << 20
+    records = _tensor_records(["w"], numel=numel, size=(numel,), stride=(1,))
+    zeros = bytes(numel * 4)
+    path = _hostile_pth(tmp_path / "deflated.pth", records, zeros, compress=True)
+    del zeros
+    assert path.stat().st_size < 2 << 20
+    out = _read_capped(path)
+    assert "REFUSED" in out and "archive/data/0 is compressed" in out, out
+
+
+def test_many_tensors_on_one_storage_are_bounded(tmp_path):
+    """100 tensors of one 4 MiB storage would take 400 MiB: at most twice the data is."""
+    numel = 1 << 20
+    keys = [f"w{i}" for i in range(100)]
+    records = _tensor_records(keys, numel=numel, size=(numel,), stride=(1,))
+    path = _hostile_pth(tmp_path / "shared.pth", records, bytes(numel * 4))
+    out = _read_capped(path)
+    assert "REFUSED" in out and "more than twice the bytes" in out, out
+    two = _hostile_pth(tmp_path / "tied.pth", _tensor_records(["a", "b"], 4, (4,), (1,)), bytes(16))
+    assert list(read_pth(two)) == ["a", "b"]  # tied weights: one storage, two tensors

@@ -79,6 +79,7 @@ def load_torchvision(
     ``num_classes`` defaults to the file's; asking for a different one re-initialises the
     head (``seed`` option, default 0) and warns. Returns ``(model, variables)``.
     """
+    where = "state_dict mapping" if isinstance(source, Mapping) else str(source)
     state = read_state_dict(source)
     seed = options.pop("seed", 0)
     probe = create_model(name, **options)
@@ -99,8 +100,9 @@ def load_torchvision(
     model = create_model(name, **options)
 
     expected = traverse_util.flatten_dict(init_variables(model, abstract=True))
+    state = _without_common_prefix(state, {torch_key(c, tuple(p)) for c, *p in expected}, where)
     fresh = traverse_util.flatten_dict(init_variables(model, seed=seed)) if new_head else None
-    flat, used, errors = {}, set(), []
+    flat, used, missing, misfits, not_float = {}, set(), [], [], []
     for (collection, *path), spec in expected.items():
         key = torch_key(collection, tuple(path))
         if new_head and path[0] == head:
@@ -108,27 +110,76 @@ def load_torchvision(
             used.add(key)
             continue
         if key not in state:
-            errors.append(f"missing key {key!r} (expected shape {_torch_shape(spec.shape, path)})")
+            missing.append(f"{key!r} (expected shape {_torch_shape(spec.shape, path)})")
             continue
         used.add(key)
-        array = _to_flax(np.asarray(state[key]), path[-1])
+        raw = np.asarray(state[key])
+        if jnp.issubdtype(spec.dtype, jnp.floating) and not jnp.issubdtype(raw.dtype, jnp.floating):
+            not_float.append(f"{key!r} is {raw.dtype}")
+            continue
+        array = _to_flax(raw, path[-1])
         if array.shape != spec.shape:
-            errors.append(
-                f"key {key!r} has shape {tuple(np.shape(state[key]))}, the model expects "
+            misfits.append(
+                f"key {key!r} has shape {tuple(raw.shape)}, the model expects "
                 f"{_torch_shape(spec.shape, path)}"
             )
             continue
         flat[(collection, *path)] = jnp.asarray(array, spec.dtype)
-    unexpected = sorted(set(state) - used)
-    errors += [f"unexpected key {k!r} with shape {tuple(np.shape(state[k]))}" for k in unexpected]
-    if errors:
-        more = f"\n  ... {len(errors) - 20} more" if len(errors) > 20 else ""
-        shown = "\n  ".join(errors[:20]) + more
+    if not_float:
         raise ValueError(
-            f"the weights do not fit {name} (options {options}):\n  {shown}\n"
+            f"{where}: {len(not_float)} floating-point parameters of {name} are not floating "
+            f"in the file ({_listed(not_float, 5)}): integer or quantized weights would load as "
+            f"whole numbers. Export float weights (torch: model.float().state_dict())."
+        )
+    unexpected = [
+        f"{k!r} with shape {tuple(np.shape(state[k]))}" for k in sorted(set(state) - used)
+    ]
+    if missing or misfits or unexpected:
+        parts = [
+            f"{len(found)} {kind}:{_INDENT}{_listed(found, 20, _INDENT)}"
+            for kind, found in (
+                ("with another shape", misfits),
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+            )
+            if found
+        ]
+        raise ValueError(
+            f"the weights do not fit {name} (options {options}): " + "\n".join(parts) + "\n"
             "Check the model name and options (e.g. num_classes, groups, width_per_group)."
         )
     return model, traverse_util.unflatten_dict(flat)
+
+
+_INDENT = "\n  "
+
+
+def _listed(items: list[str], limit: int, separator: str = ", ") -> str:
+    more = f"{separator}... {len(items) - limit} more" if len(items) > limit else ""
+    return separator.join(items[:limit]) + more
+
+
+def _without_common_prefix(state: dict[str, Any], expected: set[str], where: str) -> dict:
+    """``state`` without the prefix every key carries (Lightning's ``model.``, DDP's
+    ``module.``, ``backbone.``), where stripping it makes more keys fit; a warning says so."""
+    best, stripped, prefix, keys = state, "", "", list(state)
+    while keys and all("." in key for key in keys):  # DDP over Lightning: 'module.model.'
+        heads = {key.split(".", 1)[0] for key in keys}
+        if len(heads) != 1:
+            break
+        prefix += heads.pop() + "."
+        keys = [key[len(prefix) :] for key in state]
+        if len(expected.intersection(keys)) > len(expected.intersection(best)):
+            best = {key[len(prefix) :]: value for key, value in state.items()}
+            stripped = prefix
+    state = best
+    if stripped:
+        warnings.warn(
+            f"{where}: every key starts with {stripped!r} (a wrapper's prefix: Lightning's "
+            f"'model.', DDP's 'module.', a 'backbone.'); loading the keys without it.",
+            stacklevel=3,
+        )
+    return state
 
 
 def export_torchvision(name: str, variables: Variables, **options: Any) -> dict[str, np.ndarray]:

@@ -7,7 +7,14 @@ raises ``UnsafeCheckpointError`` and no code from the file ever runs. Accepted l
 - a state_dict (mapping of tensors) at top level;
 - a state_dict nested under ``state_dict``, ``model_state_dict`` or ``model`` (searched in that
   order, up to three levels deep), next to other plain entries such as ``epoch``;
-- keys prefixed with ``module.`` (``nn.DataParallel``) are stripped when every key has it.
+- keys as stored: a prefix every key carries (DDP's ``module.``, Lightning's ``model.``) is
+  the converter's to strip (``convert.load_torchvision``), which knows the model's keys.
+
+What a file can make the reader allocate is bounded by what it holds: members must be stored
+uncompressed (as torch writes them), a tensor may not hold more elements than its storage
+past its offset (zero or overlapping strides cannot inflate it), and all the tensors together
+at most twice the bytes of the file's storages (tensors that share a storage, such as tied
+weights, are copied once each).
 
 ``write_pth`` emits the pickle opcodes itself, so ``torch.load(path, weights_only=True)`` can
 read its output without torch being needed to write it.
@@ -77,9 +84,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds tensors (as numpy arrays) from a torch zip archive."""
 
     def __init__(self, archive: zipfile.ZipFile, prefix: str, path: str, byteorder: str) -> None:
-        super().__init__(io.BytesIO(archive.read(prefix + "data.pkl")))
+        super().__init__(io.BytesIO(_read_stored(archive, prefix + "data.pkl", path)))
         self.archive, self.prefix, self.path, self.byteorder = archive, prefix, path, byteorder
         self.storages: dict[str, _Storage] = {}
+        self._budget: int | None = None  # bytes the tensors may still take
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
@@ -108,7 +116,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel = pid
         if key not in self.storages:
             member = f"{self.prefix}data/{key}"
-            raw = self.archive.read(member)
+            raw = _read_stored(self.archive, member, self.path)
             itemsize = storage_type.dtype.itemsize
             if len(raw) < numel * itemsize:
                 raise CheckpointError(
@@ -138,14 +146,38 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if 0 in size:
             return np.zeros(size, flat.dtype)
         needed = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        if needed > flat.size:
+        count = math.prod(size)
+        if needed > flat.size or count > flat.size - offset:
             raise CheckpointError(
-                f"{self.path}: a tensor needs {needed} elements but its storage holds "
-                f"{flat.size}; the file is corrupt, download or save it again"
+                f"{self.path}: a tensor of shape {size} with strides {stride} at offset "
+                f"{offset} needs more than its storage's {flat.size} elements (zero or "
+                f"overlapping strides); the file is corrupt or hostile, download or save it again"
+            )
+        if self._budget is None:
+            stored = sum(i.compress_size for i in self.archive.infolist() if "/data/" in i.filename)
+            self._budget = 2 * stored
+        self._budget -= count * flat.itemsize
+        if self._budget < 0:
+            raise CheckpointError(
+                f"{self.path}: its tensors would take more than twice the bytes of the data it "
+                f"holds (storages shared by many tensors); the file is corrupt or hostile"
             )
         strides = tuple(s * flat.itemsize for s in stride)
         view = np.lib.stride_tricks.as_strided(flat[offset:], size, strides, writeable=False)
         return np.array(view, order="C")
+
+
+def _read_stored(archive: zipfile.ZipFile, member: str, path: str) -> bytes:
+    """A member's bytes; compressed ones (which torch never writes) are refused, so that a
+    small file cannot inflate to gigabytes."""
+    info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(
+            f"{path}: {member} is compressed ({info.file_size} bytes from {info.compress_size}); "
+            f"torch stores checkpoint members uncompressed, so this file was not written by "
+            f"torch.save; re-save it with torch"
+        )
+    return archive.read(member)
 
 
 def _are_ints(*values: Any) -> bool:
@@ -189,8 +221,7 @@ def _to_state_dict(
         )
     if not obj or not all(isinstance(k, str) for k in obj):
         raise CheckpointError(f"{name}: expected a non-empty mapping of str keys to tensors")
-    strip = len("module.") if all(k.startswith("module.") for k in obj) else 0
-    return {k[strip:]: _to_numpy(v) for k, v in obj.items()}
+    return {k: _to_numpy(v) for k, v in obj.items()}
 
 
 def _check_file(path: str | os.PathLike) -> paths.Path:
@@ -227,7 +258,8 @@ def _read_pth_file(path: paths.Path, file: BinaryIO) -> dict[str, np.ndarray]:
             prefix = pickles[0][: -len("data.pkl")]
             byteorder = "little"
             if prefix + "byteorder" in names:
-                byteorder = archive.read(prefix + "byteorder").decode().strip()
+                byteorder = _read_stored(archive, prefix + "byteorder", str(path))
+                byteorder = byteorder.decode().strip()
                 if byteorder not in ("little", "big"):
                     raise CheckpointError(f"{path}: unknown byteorder {byteorder!r}")
             obj = _RestrictedUnpickler(archive, prefix, str(path), byteorder).load()
