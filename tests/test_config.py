@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,39 @@ def test_cli_exit_code_tells_a_preempted_run(tmp_path: Path, monkeypatch, capsys
     assert cli.main(["--config", "lenet5_cifar", "--workdir", str(tmp_path)]) == code
     if stopped_by:
         assert f"stopped by {stopped_by} at step 2 (saved)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["learning_rate", "warmup_epochs", "weight_decay", "momentum"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])  # JSON spellings
+def test_non_finite_floats_are_refused_by_name(key: str, value: str) -> None:
+    """NaN compares false with every bound, so it used to pass the range checks."""
+    config = load_config("resnet18_cifar")
+    apply_overrides(config, [(key, value)])
+    with pytest.raises(ConfigError, match=rf"^{key}=(nan|inf|-inf): must be a finite number"):
+        validate(config)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config.dataset=folder"], r"dataset='folder' needs a data_dir.*SPLIT/CLASS/IMAGE"),
+        (["--config.dataset=folder", "--config.data_dir=/no/such"], r"/no/such does not exist"),
+        (["--config.batch_size=32"], r"batch_size=32 must be a positive multiple of .* \(3\)"),
+    ],
+)
+def test_data_and_device_errors_come_before_anything_is_written(
+    tmp_path: Path, monkeypatch, capsys, argv, message
+) -> None:
+    import jax
+
+    monkeypatch.setattr(jax, "device_count", lambda *a: 3)  # as if on 3 devices
+    monkeypatch.setattr(cli, "_run", lambda *args: pytest.fail("ran"))
+    workdir = tmp_path / "run"
+    code = cli.main(["--config", "resnet20_digits", "--workdir", str(workdir), *argv])
+    assert code == 2
+    out = capsys.readouterr()
+    assert re.search(message, out.err) and "config resnet20_digits" not in out.out
+    assert not workdir.exists()  # no config.json
 
 
 def test_cli_default_workdir(tmp_path: Path, monkeypatch) -> None:

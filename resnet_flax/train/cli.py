@@ -93,6 +93,13 @@ def resolve_config(
     return config
 
 
+def _check_before_run(config: ml_collections.ConfigDict) -> None:
+    """The data_dir and the batch sizes against the devices, before anything is written."""
+    from resnet_flax.train import loop  # deferred: imports JAX and the data pipeline
+
+    loop.check_before_run(config)
+
+
 def _run(config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool) -> dict:
     from resnet_flax.train import loop  # deferred: imports JAX and the data pipeline
 
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(rest)
         config = resolve_config(args.config, overrides)
         workdir = paths.as_path(args.workdir or f"runs/{config.name}")
+        _check_before_run(config)
         saved = _save_config(config, workdir, args.eval_only)
         print(f"config {config.name} (written to {saved}):\n{saved.read_text()}", flush=True)
         results = _run(config, workdir, args.eval_only)

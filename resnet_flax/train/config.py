@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -175,6 +176,8 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
             ok = isinstance(value, list | tuple)
         if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
             raise ConfigError(f"{key}={_describe(value)}: expected {_type_name(default)}.")
+        if isinstance(default, float) and not math.isfinite(value):  # NaN passes every range
+            raise ConfigError(f"{key}={value!r}: must be a finite number.")
 
 
 def _choice(config: ml_collections.ConfigDict, key: str, valid: Iterable[str]) -> None:

@@ -56,6 +56,7 @@ from resnet_flax.train.data import (
     normalize,
     stream_info,
 )
+from resnet_flax.train.data.errors import require_dir
 from resnet_flax.train.lock import WorkdirLock
 from resnet_flax.train.metrics import MetricsWriter, Progress
 from resnet_flax.train.optim import make_optimizer, make_schedule
@@ -120,6 +121,21 @@ def _input(
     )
     info = stream_info(config.dataset, _data_dir(config), split)
     return parallel.StreamInput(mesh, args, batch_size, info.size, info.num_classes)
+
+
+def check_before_run(config: Any) -> None:
+    """What can be checked before any data is read: a data set read from files has its
+    data_dir, and the batch sizes split over the devices (multi-process JAX started, as
+    :func:`_start` does). A split CPU (``split_cpu_devices``) is sized from the data, so its
+    batch sizes are checked once the data is in."""
+    spec = dataset_spec(config.dataset)
+    if spec.layout:
+        require_dir(_data_dir(config), f"dataset={config.dataset!r}", f"It holds {spec.layout}.")
+    if config.split_cpu_devices:
+        return
+    parallel.initialize_distributed(config.distributed)
+    for name in ("batch_size", "eval_batch_size"):
+        parallel.check_batch_size(config[name], name)
 
 
 def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:

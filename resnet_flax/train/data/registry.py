@@ -53,6 +53,7 @@ class DatasetSpec:
     load: LoadArrays | None = None
     stream: OpenSource | None = None
     max_in_memory_size: int = 0  # with both loaders: the largest image size held in memory
+    layout: str = ""  # data sets read from files only (data_dir required): what it holds
 
     def in_memory(self, image_size: int) -> bool:
         """Whether the data set at ``image_size`` is held in memory rather than streamed."""
@@ -86,8 +87,16 @@ DATASETS: dict[str, DatasetSpec] = {
             load=load_folder_arrays,
             stream=folder_source,
             max_in_memory_size=64,
+            layout="SPLIT/CLASS/IMAGE (the ImageFolder layout)",
         ),
-        DatasetSpec("imagenet2012", IMAGENET_MEAN, IMAGENET_STD, 1000, stream=imagenet_source),
+        DatasetSpec(
+            "imagenet2012",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            1000,
+            stream=imagenet_source,
+            layout="TFDS imagenet2012 prepared as array_record, or train/ and val/ folders",
+        ),
         DatasetSpec("digits", HALF, HALF, 10, load=digits.load_digits),
         DatasetSpec("fake", HALF, HALF, None, load=fake.load_fake),
     )
