@@ -56,8 +56,13 @@ def test_unknown_model_and_option_suggest_close_matches() -> None:
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
 def test_non_positive_num_classes(bad) -> None:
-    model = resnet_flax.create_model("resnet20", num_classes=bad)
-    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    """Refused by create_model, and by a module built directly, at init."""
+    with pytest.raises(ValueError, match="resnet20: num_classes must be a positive integer"):
+        resnet_flax.create_model("resnet20", num_classes=bad)
+    model = resnet_flax.models.resnet.ResNet(
+        block=resnet_flax.models.resnet.BasicBlock, stage_sizes=(1, 1), num_classes=bad
+    )
+    with pytest.raises(ValueError, match="ResNet: num_classes must be a positive integer"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
@@ -120,3 +125,31 @@ def test_adaptive_avg_pool_matches_torch_bins() -> None:
     h0, h1 = (3 * 10) // 7, -((-4 * 10) // 7)
     w0, w1 = (5 * 9) // 7, -((-6 * 9) // 7)
     np.testing.assert_allclose(out[1, 3, 5, 0], np.asarray(x)[1, h0:h1, w0:w1, 0].mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("resnext50_32x4d", {"groups": 0}, r"groups must be a positive integer; got 0"),
+        ("resnet50", {"replace_stride_with_dilation": (True,)}, r"None or 3 booleans"),
+        ("resnet20", {"replace_stride_with_dilation": (True, False, False)}, r"None or 2 "),
+        ("resnet18", {"dtype": "foo"}, r"dtype must be a floating-point dtype.*got 'foo'"),
+        ("resnet18", {"dtype": "int32"}, r"dtype must be a floating-point dtype"),
+        ("vgg11", {"dropout": 1.5}, r"dropout must be a probability in \[0, 1\); got 1.5"),
+        ("resnet18", {"num_classes": 0}, r"num_classes must be a positive integer; got 0"),
+        ("resnet18", {"width_per_group": True}, r"width_per_group must be a positive integer"),
+    ],
+)
+def test_create_model_names_the_bad_option(name, options, message):
+    with pytest.raises(ValueError, match=rf"^{name}: .*{message}"):
+        resnet_flax.create_model(name, **options)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int32, jnp.bool_])
+def test_integer_images_are_an_error_naming_the_fix(dtype):
+    model = resnet_flax.create_model("resnet18", num_classes=3)
+    images = jnp.zeros((1, 32, 32, 3), dtype)
+    with pytest.raises(
+        ValueError, match=rf"normalised floating-point images; got {jnp.dtype(dtype)}"
+    ):
+        model.init(jax.random.key(0), images)

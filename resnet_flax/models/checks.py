@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -38,6 +39,12 @@ def check_images(
         raise ValueError(
             f"{model} expects {channels} channels in the last axis (NHWC); got shape {shape}{hint}."
         )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{model} takes normalised floating-point images; got {x.dtype}. Convert and "
+            f"normalise first, e.g. (x / 255 - mean) / std as float32 "
+            f"(resnet_flax.preprocess does it for image files)."
+        )
     h, w = shape[1:3]
     if exact_size is not None and (h, w) != (exact_size, exact_size):
         raise ValueError(f"{model} takes {exact_size}x{exact_size} images; got {h}x{w}.")
@@ -45,10 +52,56 @@ def check_images(
         raise ValueError(f"{model} needs images of at least {min_size}x{min_size}; got {h}x{w}.")
 
 
+_FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
 def check_options(module: Any) -> None:
-    """Check the options every classifier shares (``num_classes``, ``in_channels``)."""
-    name = type(module).__name__
-    for option in ("num_classes", "in_channels"):
-        value = getattr(module, option, None)
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{name}: {option} must be a positive integer; got {value!r}.")
+    """:func:`check_model_options` on a module's own fields (a model built directly)."""
+    fields = {name: getattr(module, name) for name in module.__dataclass_fields__}
+    check_model_options(type(module).__name__, fields)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_model_options(model: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first option of ``model`` that JAX would trip over (or,
+    worse, accept): counts, dilation flags, dtype, dropout rate."""
+
+    def bad(option: str, value: Any, expected: str) -> ValueError:
+        return ValueError(f"{model}: {option} must be {expected}; got {value!r}.")
+
+    for option in ("num_classes", "in_channels", "groups", "width_per_group", "stem_width"):
+        if option in options and not _positive_int(options[option]):
+            raise bad(option, options[option], "a positive integer")
+    widths = options.get("widths")
+    if widths is not None and not (
+        isinstance(widths, list | tuple) and widths and all(_positive_int(w) for w in widths)
+    ):
+        raise bad("widths", widths, "a sequence of positive integers")
+    dilation = options.get("replace_stride_with_dilation")
+    if dilation is not None and "stage_sizes" in options:
+        stages = len(options["stage_sizes"])
+        if not (
+            isinstance(dilation, list | tuple)
+            and len(dilation) == stages - 1
+            and all(isinstance(d, bool) for d in dilation)
+        ):
+            raise bad(
+                "replace_stride_with_dilation", dilation,
+                f"None or {stages - 1} booleans, one per stage after the first",
+            )  # fmt: skip
+    if "dtype" in options:
+        try:
+            name = jnp.dtype(options["dtype"]).name
+        except TypeError:
+            name = None
+        if name not in _FLOAT_DTYPES:
+            raise bad(
+                "dtype", options["dtype"], f"a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
+            )
+    if "dropout" in options:
+        rate = options["dropout"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+            raise bad("dropout", rate, "a probability in [0, 1)")

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.models.checks import did_you_mean
+from resnet_flax.models.checks import check_model_options, did_you_mean
 from resnet_flax.models.lenet import LeNet5
 from resnet_flax.models.resnet import (
     BasicBlock,
@@ -111,6 +111,7 @@ def create_model(name: str, **options: Any) -> nn.Module:
                 f"unknown option {key!r} for model {name!r}.{did_you_mean(key, allowed)} "
                 f"Options: {', '.join(sorted(allowed))}."
             )
+    check_model_options(name, fixed | options)
     return cls(**(fixed | options))
 
 
