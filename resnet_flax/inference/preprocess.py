@@ -44,17 +44,39 @@ def imagenet_classes() -> list[str]:
     return list(_classes())
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit images (a 16-bit grayscale PNG opens as ``I;16``) keep
+    their high byte, as OpenCV decodes them: PIL's ``convert("RGB")``, which torchvision's
+    loader uses, clips them to 255 instead, and such an image comes out nearly all white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, np.int64), 0, 65535) >> 8
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError(
+            "32-bit floating-point images have no standard 8-bit scaling: convert the file "
+            "to 8 or 16 bits per channel."
+        )
+    return image.convert("RGB")
+
+
 def load_image(source: ImageLike) -> Image.Image:
-    """An RGB PIL image from a PIL image or an image file (grayscale, palette, RGBA: to RGB).
+    """An RGB PIL image from a PIL image or an image file (grayscale, palette, RGBA, 16-bit:
+    to 8-bit RGB, see :func:`to_rgb`).
 
     Raises ``FileNotFoundError``/``OSError`` naming the file when it is missing or unreadable.
     """
     if isinstance(source, Image.Image):
-        return source if source.mode == "RGB" else source.convert("RGB")
+        return to_rgb(source)
     path = os.fspath(source)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()  # read before the file closes: an RGB image is returned as it is
+            return to_rgb(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path!r}; check the path") from None
     except OSError as e:

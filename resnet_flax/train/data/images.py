@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from resnet_flax.inference.preprocess import to_rgb
 from resnet_flax.io import paths
 
 cv2.setNumThreads(1)  # one image per worker process; OpenCV's own pool would oversubscribe
@@ -41,7 +42,7 @@ def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
     """Crop `box` out of `image` and resize it to (size, size): uint8 (size, size, 3) RGB."""
     width, height = image.size
     if (width, height) == (size, size) and box == (0, 0, size, size):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))
     left, top, right, bottom = box
     request = (
         max(1, math.ceil(width * size / (right - left))),
@@ -51,7 +52,7 @@ def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
     if drafted is not None:
         scale = drafted[1][2] / width
         box = (left * scale, top * scale, right * scale, bottom * scale)
-    resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, box=box)
+    resized = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(resized)
 
 
