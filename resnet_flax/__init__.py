@@ -1,9 +1,11 @@
 """resnet-flax: torchvision's ResNet and VGG families in pure-functional Flax.
 
-Build (``create_model``), import and export torchvision weights (``load_torchvision``,
-``export_torchvision``, ``save_torchvision``), preprocess like torchvision (``preprocess``),
-inspect (``summary``), use as a backbone (``extract_features``) and run inference with
-BatchNorm folded into the convolutions (``fold_batch_norm``).
+Build (``create_model``, with ``weights=`` a tag or torchvision's enum name: the model and its
+published weights), fetch weights by tag (``load_pretrained``, ``list_pretrained``), import and
+export torchvision weights (``load_torchvision``, ``export_torchvision``, ``save_torchvision``),
+preprocess like torchvision (``preprocess``), inspect (``summary``), use as a backbone
+(``extract_features``) and run inference with BatchNorm folded into the convolutions
+(``fold_batch_norm``).
 
 The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, plugged in behind
 the models' factories), ``io`` (weights in and out), ``inference`` and ``train``; see
@@ -16,8 +18,9 @@ from resnet_flax.inference.fold import fold_batch_norm
 from resnet_flax.inference.preprocess import imagenet_classes, preprocess
 from resnet_flax.inference.summary import summary
 from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision
+from resnet_flax.io.hub import create_model, list_pretrained, load_pretrained
 from resnet_flax.io.weights import TORCHVISION_MODELS
-from resnet_flax.models.registry import create_model, list_models, model_options
+from resnet_flax.models.registry import list_models, model_options
 
 __all__ = [
     "TORCHVISION_MODELS",
@@ -27,6 +30,8 @@ __all__ = [
     "fold_batch_norm",
     "imagenet_classes",
     "list_models",
+    "list_pretrained",
+    "load_pretrained",
     "load_torchvision",
     "model_options",
     "preprocess",

@@ -3,6 +3,7 @@
 Example::
 
     python -m resnet_flax.predict --model resnet50 --weights resnet50-11ad3fa6.pth cat.jpg
+    python -m resnet_flax.predict --weights resnet50.tv2_in1k cat.jpg  # fetched by tag
 
 The evaluation transforms follow the weights when their file name is torchvision's
 (``resnet50-11ad3fa6.pth`` is V2: resize 232, crop 224), else torchvision's V1 defaults
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from resnet_flax.inference.fold import fold_batch_norm
 from resnet_flax.inference.preprocess import PRESETS, imagenet_classes
+from resnet_flax.io import hub
 from resnet_flax.io.convert import load_torchvision
 from resnet_flax.io.weights import WeightsInfo, identify
 
@@ -40,7 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model", help="model name, e.g. resnet50 (default: the one the weights file names)"
     )
     parser.add_argument(
-        "--weights", required=True, help="torchvision weights: .pth, .pt or .safetensors"
+        "--weights",
+        required=True,
+        help="torchvision weights: a .pth/.pt/.safetensors file, or a tag (resnet50.tv2_in1k, "
+        "or IMAGENET1K_V2 with --model), fetched into torch hub's cache",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (5)")
@@ -97,14 +102,23 @@ def _resolve(args: argparse.Namespace, info: WeightsInfo | None) -> str:
     return info.model
 
 
+def _looks_like_a_tag(weights: str) -> bool:
+    """``resnet50.tv2_in1k`` or ``IMAGENET1K_V2``, not a path to a file."""
+    return os.sep not in weights and not weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
+
+
 def run(args: argparse.Namespace) -> None:
     """Check the inputs, load the weights, classify and print; bad input raises."""
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
+    tagged = None
+    if not os.path.isfile(args.weights) and _looks_like_a_tag(args.weights):
+        tagged = hub.resolve(args.weights, args.model)  # a tag, or an enum name with --model
+        args.weights = str(hub.fetch(tagged))
     for path, what in [(args.weights, "weights file"), *((i, "image") for i in args.images)]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} not found: {path!r}")
-    info = identify(args.weights)
+    info = tagged or identify(args.weights)
     name = _resolve(args, info)
     transform = PRESETS["V1"] if info is None else info.transforms()
     transform = dataclasses.replace(

@@ -40,21 +40,24 @@ def _alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    """``with WorkdirLock(workdir):`` train there, alone."""
+    """``with WorkdirLock(workdir):`` (or ``acquire()`` ... ``release()``) train there, alone."""
 
     def __init__(self, workdir: paths.PathLike) -> None:
         self.path = paths.as_path(workdir) / LOCK_FILE
         self._held = False
 
     def __enter__(self) -> WorkdirLock:
-        if jax.process_index() == 0:
-            self.acquire()
+        self.acquire()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
     def acquire(self) -> None:
+        """Take the lock (process 0 of a multi-process run; the others hold nothing). Call
+        after multi-process JAX has started."""
+        if jax.process_index() != 0:
+            return
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):

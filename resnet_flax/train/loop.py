@@ -286,6 +286,19 @@ class _Run:
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
         self.schedule = make_schedule(config, self.steps_per_epoch)
         variables = built.init_variables()  # before anything is written: the model may refuse
+        # After build(), which starts multi-process JAX: the lock asks which process this is.
+        self.lock = WorkdirLock(workdir)
+        self.lock.acquire()
+        try:
+            self._open(workdir, variables)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.result: dict[str, Any] = {"train": None, "eval": None}
+
+    def _open(self, workdir: paths.Path, variables: dict[str, Any]) -> None:
+        """Checkpoints (restored from, if any), the train step and the metrics writer."""
+        config, built = self.config, self.built
         self.checkpoints = Checkpoints(
             workdir / "checkpoints", keep=config.keep_checkpoints, keep_best=config.keep_best
         )
@@ -302,7 +315,6 @@ class _Run:
         )
         self.step = int(jax.device_get(self.state.step))
         self.writer = MetricsWriter(workdir, resume_step=self.step or None)
-        self.result: dict[str, Any] = {"train": None, "eval": None}
 
     def _initial_state(self, variables: dict[str, Any]):
         """The latest checkpoint's state, else a fresh (or pretrained) one."""
@@ -377,6 +389,7 @@ class _Run:
             self.checkpoints.close()
             progress.close()
             self.writer.close()
+            self.lock.release()
         return {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
@@ -478,9 +491,7 @@ def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
     before the end, ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that did.
     """
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
-    workdir = paths.as_path(workdir)
-    with WorkdirLock(workdir):
-        return _Run(config, workdir).train()
+    return _Run(config, paths.as_path(workdir)).train()
 
 
 # ---------------------------------------------------------------------------------- evaluation

@@ -1,0 +1,165 @@
+"""Weights by name against an HTTP server on 127.0.0.1: torch hub's cache, the sha256 check,
+nothing half-written kept, offline and unknown-tag errors.
+
+The served file is a real torchvision-format resnet18 checkpoint made here; its table entry is
+the real one with the file name (and so the sha256 prefix) of that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+import resnet_flax
+from resnet_flax.io import hub
+from resnet_flax.io.convert import save_torchvision
+from resnet_flax.io.weights import weights_for
+from resnet_flax.models.registry import init_variables
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        if self.path.endswith("-0badbad0.pth"):  # a body shorter than its Content-Length
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Files, directory=str(folder))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Files.requests = []
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}/models"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def published(server, tmp_path, monkeypatch):
+    """A resnet18 checkpoint served as 'resnet18.tv_in1k', and the environment pointing at it."""
+    folder, url = server
+    (folder / "models").mkdir()
+    variables = init_variables(resnet_flax.create_model("resnet18"), 32)
+    local = tmp_path / "made.pth"
+    save_torchvision(local, "resnet18", variables)
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    info = dataclasses.replace(weights_for("resnet18")[0], file_name=f"resnet18-{sha[:8]}.pth")
+    (folder / "models" / info.file_name).write_bytes(local.read_bytes())
+    monkeypatch.setattr(hub, "WEIGHTS", (info,))
+    monkeypatch.setattr(hub, "_BY_TAG", {"resnet18.tv_in1k": info})
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(hub.BASE_URL_ENV, url)
+    return info, variables, tmp_path / "torch" / "hub" / "checkpoints", folder / "models"
+
+
+def _assert_same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_tag_downloads_once_into_torch_hubs_cache(published):
+    info, variables, cache, _ = published
+    model, loaded = resnet_flax.load_pretrained("resnet18.tv_in1k")
+    assert model.num_classes == 1000
+    _assert_same(loaded, variables)
+    assert sorted(p.name for p in cache.iterdir()) == [info.file_name]  # no .part left
+    assert len(_Files.requests) == 1
+    model, again = resnet_flax.create_model("resnet18", weights="IMAGENET1K_V1")
+    _assert_same(again, variables)
+    _, default = resnet_flax.create_model("resnet18", weights="ResNet18_Weights.DEFAULT")
+    assert len(_Files.requests) == 1  # the cached file is reused, as torch reuses it
+    assert isinstance(resnet_flax.create_model("resnet18"), resnet_flax.models.resnet.ResNet)
+
+
+def _serve_as(published, monkeypatch, file_name: str) -> None:
+    """Serve the checkpoint under ``file_name`` and make it the table's resnet18.tv_in1k."""
+    info, _, _, served = published
+    (served / file_name).write_bytes((served / info.file_name).read_bytes())
+    monkeypatch.setattr(hub, "_BY_TAG", {"resnet18.tv_in1k": dataclasses.replace(
+        info, file_name=file_name)})  # fmt: skip
+
+
+def test_a_file_whose_hash_differs_is_refused_and_not_kept(published, monkeypatch):
+    _serve_as(published, monkeypatch, "resnet18-deadbeef.pth")
+    message = r"sha256 is [0-9a-f]{16}\.\.\., but its file name says it starts with deadbeef"
+    with pytest.raises(hub.WeightsError, match=message + ": refused, nothing kept"):
+        resnet_flax.load_pretrained("resnet18.tv_in1k")
+    assert list(published[2].iterdir()) == []
+
+
+def test_a_truncated_download_is_refused_and_not_kept(published, monkeypatch):
+    _serve_as(published, monkeypatch, "resnet18-0badbad0.pth")
+    with pytest.raises(hub.WeightsError, match=r"cannot download .*resnet18-0badbad0.pth"):
+        resnet_flax.load_pretrained("resnet18.tv_in1k")
+    assert list(published[2].iterdir()) == []
+
+
+def test_offline_the_error_names_the_url_and_where_to_put_the_file(published, monkeypatch):
+    info, _, cache, _ = published
+    monkeypatch.setenv(hub.BASE_URL_ENV, "http://127.0.0.1:9/models")  # nothing listens
+    with pytest.raises(hub.WeightsError) as error:
+        resnet_flax.load_pretrained("resnet18.tv_in1k")
+    message = str(error.value)
+    assert f"http://127.0.0.1:9/models/{info.file_name}" in message
+    assert f"put the file at {cache / info.file_name}" in message
+    (cache / info.file_name).write_bytes((published[3] / info.file_name).read_bytes())
+    resnet_flax.load_pretrained("resnet18.tv_in1k")  # put there by hand: used, offline
+
+
+def test_a_cache_that_cannot_be_written_names_torch_home(published, monkeypatch, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a_file"))
+    with pytest.raises(hub.WeightsError, match=r"cannot write to the weights cache .*TORCH_HOME"):
+        resnet_flax.load_pretrained("resnet18.tv_in1k")
+
+
+def test_tags_and_torchvision_enum_names():
+    assert hub.resolve("resnet50.tv2_in1k").file_name == "resnet50-11ad3fa6.pth"
+    assert hub.resolve("IMAGENET1K_V2", "resnet50").file_name == "resnet50-11ad3fa6.pth"
+    assert hub.resolve("ResNet50_Weights.DEFAULT", "resnet50").tag == "IMAGENET1K_V2"
+    assert hub.resolve("DEFAULT", "vgg16").tag == "IMAGENET1K_V1"  # not the features-only
+    assert "vgg16.tv_features" in resnet_flax.list_pretrained()
+    with pytest.raises(hub.WeightsError, match=r"Did you mean .*'resnet50.tv2_in1k'"):
+        hub.resolve("resnet50.tv3_in1k")
+    with pytest.raises(hub.WeightsError, match=r"unknown weights 'IMAGENET1K_V3' for resnet50"):
+        hub.resolve("IMAGENET1K_V3", "resnet50")
+    with pytest.raises(hub.WeightsError, match=r"publishes no weights for 'resnet20'"):
+        resnet_flax.create_model("resnet20", weights="DEFAULT")
+    with pytest.raises(ValueError, match=r"unknown model 'resnet5'"):
+        resnet_flax.create_model("resnet5", weights="DEFAULT")
+
+
+def test_predict_takes_a_tag(published, tmp_path, capsys):
+    from PIL import Image
+
+    from resnet_flax.inference import predict
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(image)
+    assert predict.main(["--weights", "resnet18.tv_in1k", "--top", "2", str(image)]) == 0
+    out = capsys.readouterr()
+    assert "resnet18 (resnet18 IMAGENET1K_V1)" in out.err and "  2. " in out.out
+    assert predict.main(["--weights", "IMAGENET1K_V1", "--model", "resnet18", str(image)]) == 0
+    assert predict.main(["--weights", "resnet18.tv9_in1k", str(image)]) == 2
+    assert "unknown weights tag 'resnet18.tv9_in1k'" in capsys.readouterr().err
