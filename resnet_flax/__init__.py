@@ -1,4 +1,5 @@
-"""resnet-flax: torchvision's ResNet and VGG families in pure-functional Flax.
+"""resnet-flax: torchvision's ResNet and VGG families (and timm's ResNet-D) in pure-functional
+Flax.
 
 Build (``create_model``, with ``weights=`` a tag or torchvision's enum name: the model and its
 published weights), fetch weights by tag (``load_pretrained``, ``list_pretrained``), import and
@@ -20,9 +21,10 @@ from resnet_flax.inference.summary import summary
 from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision
 from resnet_flax.io.hub import create_model, list_pretrained, load_pretrained
 from resnet_flax.io.weights import TORCHVISION_MODELS
-from resnet_flax.models.registry import list_models, model_options
+from resnet_flax.models.registry import TIMM_MODELS, list_models, model_options
 
 __all__ = [
+    "TIMM_MODELS",
     "TORCHVISION_MODELS",
     "create_model",
     "export_torchvision",

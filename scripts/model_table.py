@@ -1,4 +1,5 @@
-"""Print the README's model table: parameters, torchvision's top-1, measured parity bound.
+"""Print the README's model table: parameters, torchvision's top-1, measured parity bound
+(against torchvision, or timm for timm's names).
 
 RESNET_FLAX_PARITY_REPORT=/tmp/parity.json pytest tests/test_parity.py
 python scripts/model_table.py /tmp/parity.json
@@ -11,7 +12,7 @@ import sys
 
 import resnet_flax
 from resnet_flax.io.weights import weights_for
-from resnet_flax.models.registry import count_parameters
+from resnet_flax.models.registry import TIMM_MODELS, count_parameters
 
 
 def main(report_path: str | None) -> None:
@@ -28,7 +29,8 @@ def main(report_path: str | None) -> None:
         if worst is not None:
             parity = f"{worst:.1e}"
         else:
-            parity = "not measured" if name in resnet_flax.TORCHVISION_MODELS else "- (ours)"
+            measured = (*resnet_flax.TORCHVISION_MODELS, *TIMM_MODELS)
+            parity = "not measured" if name in measured else "- (ours)"
         print(f"| `{name}` | {params:,} | {top1 or '-'} | {parity} |")
 
 

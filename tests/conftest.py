@@ -111,6 +111,31 @@ def torch_model(name: str, seed: int):
         for b in model.modules()
         if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
     }
+    _randomise_batch_norms(model, residual_last, seed)
+    return model
+
+
+def timm_model(name: str, seed: int):
+    """timm's model with random weights and non-trivial BatchNorm state, drawn as
+    :func:`torch_model` draws them (the residual branch's last BatchNorm small)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    resnet = timm.models.resnet
+    residual_last = {
+        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
+        for b in model.modules()
+        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
+    }
+    _randomise_batch_norms(model, residual_last, seed)
+    return model
+
+
+def _randomise_batch_norms(model, residual_last: set[int], seed: int) -> None:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -121,7 +146,6 @@ def torch_model(name: str, seed: int):
                 m.running_mean.uniform_(-0.2, 0.2, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
                 m.num_batches_tracked.fill_(7)
-    return model
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
@@ -146,6 +170,7 @@ def parity() -> types.SimpleNamespace:
         BOUND=PARITY_BOUND,
         rel_err=rel_err,
         torch_model=torch_model,
+        timm_model=timm_model,
         state_dict_numpy=state_dict_numpy,
         nchw=nchw,
         options=model_options,

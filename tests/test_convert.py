@@ -111,3 +111,17 @@ def test_integer_weights_are_refused(resnet18_state, tmp_path, dtype) -> None:
 def test_wrong_architecture_is_named(resnet18_state) -> None:
     with pytest.raises(ValueError, match="do not fit resnet34"):
         load_torchvision("resnet34", resnet18_state)
+
+
+def test_a_resnet_d_file_is_named_when_it_does_not_fit() -> None:
+    """The error first says what the file looks like, then the key details."""
+    state = export_torchvision(
+        "resnet50d",
+        resnet_flax.models.registry.init_variables(resnet_flax.create_model("resnet50d")),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"do not fit resnet50 .*: they are a ResNet-D \(deep "
+        r"stem, average-pool shortcut\): try resnet50d: ",
+    ):
+        load_torchvision("resnet50", state)

@@ -1,4 +1,4 @@
-"""Every torchvision model we name computes exactly what torchvision computes.
+"""Every torchvision (and timm) model we name computes exactly what torchvision (timm) computes.
 
 For each name: random weights with non-trivial BatchNorm weights and running statistics;
 eval-mode logits and train-mode logits + updated running statistics at 224x224 and at an odd
@@ -42,9 +42,23 @@ def _report():
             json.dump(_REPORT, f, indent=1, sort_keys=True)
 
 
-@pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
-def test_torchvision_parity(name: str, parity) -> None:
-    tmodel = parity.torch_model(name, seed=0)
+def _reference(name: str):
+    """``(build with random weights, build on the meta device)`` from the reference library:
+    torchvision for its names, timm for timm's."""
+    if name in resnet_flax.TIMM_MODELS:
+        timm = pytest.importorskip("timm", reason="timm parity needs timm: pip install timm")
+        return (lambda parity: parity.timm_model(name, seed=0)), lambda **o: timm.create_model(
+            name, pretrained=False, **o
+        )
+    return (
+        lambda parity: parity.torch_model(name, seed=0)
+    ), lambda **o: torchvision.models.get_model(name, weights=None, **o)
+
+
+@pytest.mark.parametrize("name", [*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS])
+def test_parity(name: str, parity) -> None:
+    reference, build = _reference(name)
+    tmodel = reference(parity)
     state = parity.state_dict_numpy(tmodel)
     model, variables = load_torchvision(name, state, **parity.options(name))
     report = _REPORT.setdefault(name, {})
@@ -97,7 +111,7 @@ def test_torchvision_parity(name: str, parity) -> None:
     x = rng.standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
     flax_vars = jax.jit(lambda: flax_model.init(jax.random.key(1), x[:1], train=False))()
     with torch.device("meta"):  # no time spent on torch's own initialisation
-        fresh = torchvision.models.get_model(name, weights=None, **parity.options(name)).eval()
+        fresh = build(**parity.options(name)).eval()
     fresh.load_state_dict(
         {k: torch.from_numpy(v) for k, v in export_torchvision(name, flax_vars).items()},
         strict=True,
@@ -109,11 +123,9 @@ def test_torchvision_parity(name: str, parity) -> None:
     assert err <= parity.BOUND, f"{name} Flax-initialised, exported: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("name", resnet_flax.TORCHVISION_MODELS)
+@pytest.mark.parametrize("name", [*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS])
 def test_parameter_count(name: str) -> None:
     ours = count_parameters(resnet_flax.create_model(name))
     with torch.device("meta"):
-        theirs = sum(
-            p.numel() for p in torchvision.models.get_model(name, weights=None).parameters()
-        )
+        theirs = sum(p.numel() for p in _reference(name)[1]().parameters())
     assert ours == theirs

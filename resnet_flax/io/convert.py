@@ -56,16 +56,16 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
 def _to_flax(array: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel" and array.ndim == 4:
         return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    if leaf == "kernel" and array.ndim == 2:
-        return array.T
+    if leaf == "kernel" and array.ndim in (2, 3):
+        return array.T  # linear (out, in) <-> (in, out); conv1d (out, in, k) <-> (k, in, out)
     return array
 
 
 def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel" and array.ndim == 4:
         return array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    if leaf == "kernel" and array.ndim == 2:
-        return array.T
+    if leaf == "kernel" and array.ndim in (2, 3):
+        return array.T  # linear (out, in) <-> (in, out); conv1d (out, in, k) <-> (k, in, out)
     return array
 
 
@@ -145,13 +145,32 @@ def load_torchvision(
             if found
         ]
         raise ValueError(
-            f"the weights do not fit {name} (options {options}): " + "\n".join(parts) + "\n"
+            f"the weights do not fit {name} (options {options}){_looks_like(state, name)}: "
+            + "\n".join(parts)
+            + "\n"
             "Check the model name and options (e.g. num_classes, groups, width_per_group)."
         )
     return model, traverse_util.unflatten_dict(flat)
 
 
 _INDENT = "\n  "
+
+
+def _looks_like(state: dict[str, Any], name: str) -> str:
+    """What a file whose keys do not fit ``name`` looks like, when its stem tells: a deep stem
+    (``conv1.0``, ``conv1.3``, ``conv1.6``) is timm's ResNet-D; the depth is the one whose keys
+    all fit."""
+    if "conv1.0.weight" not in state or "conv1.6.weight" not in state:
+        return ""
+    from resnet_flax.models.registry import TIMM_MODELS
+
+    for candidate in (n for n in TIMM_MODELS if n.endswith("d") and n != name):
+        expected = traverse_util.flatten_dict(
+            init_variables(create_model(candidate), abstract=True)
+        )
+        if {torch_key(c, tuple(p)) for c, *p in expected} == set(state):
+            return f": they are a ResNet-D (deep stem, average-pool shortcut): try {candidate}"
+    return ": they have a deep stem (timm's ResNet-D family: resnet18d ... resnet152d)"
 
 
 def _listed(items: list[str], limit: int, separator: str = ", ") -> str:

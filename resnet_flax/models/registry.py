@@ -25,6 +25,7 @@ from resnet_flax.models.vgg import CFGS, VGG
 
 _CIFAR = dict(stem="cifar", widths=(16, 32, 64), stem_width=16, shortcut="zero_pad", num_classes=10)
 _CIFAR_STEM = dict(stem="cifar", num_classes=10)
+_RESNET_D = dict(stem="deep", stem_width=32, shortcut="avg_pool")  # deep stem, avg_down
 
 # name -> (module class, fixed architecture arguments). Options a user may pass are the
 # module's remaining fields (see ``model_options``).
@@ -80,7 +81,59 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
         dict(block=PreActBasicBlock, stage_sizes=(2, 2, 2, 2), **_CIFAR_STEM),
     ),
     "lenet5": (LeNet5, {}),
+    # timm's ResNet family, architecture-exact (timm.create_model(name) for the same keys)
+    "resnet26": (ResNet, dict(block=Bottleneck, stage_sizes=(2, 2, 2, 2))),
+    **{
+        f"resnet{depth}d": (ResNet, dict(block=block, stage_sizes=stages, **_RESNET_D))
+        for depth, block, stages in (
+            (18, BasicBlock, (2, 2, 2, 2)),
+            (26, Bottleneck, (2, 2, 2, 2)),
+            (34, BasicBlock, (3, 4, 6, 3)),
+            (50, Bottleneck, (3, 4, 6, 3)),
+            (101, Bottleneck, (3, 4, 23, 3)),
+            (152, Bottleneck, (3, 8, 36, 3)),
+        )
+    },
+    "seresnet50": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="se")),
+    "seresnext50_32x4d": (
+        ResNet,
+        dict(
+            block=Bottleneck,
+            stage_sizes=(3, 4, 6, 3),
+            groups=32,
+            width_per_group=4,
+            attn_layer="se",
+        ),
+    ),  # fmt: skip
+    "seresnext101_32x8d": (
+        ResNet,
+        dict(
+            block=Bottleneck,
+            stage_sizes=(3, 4, 23, 3),
+            groups=32,
+            width_per_group=8,
+            attn_layer="se",
+        ),
+    ),  # fmt: skip
+    "ecaresnet50d": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="eca", **_RESNET_D),
+    ),
+    "ecaresnet101d": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), attn_layer="eca", **_RESNET_D),
+    ),
 }
+
+
+# The names whose architecture is timm's own (tests/test_parity.py compares them with timm).
+TIMM_MODELS: tuple[str, ...] = tuple(
+    name
+    for name in _REGISTRY
+    if name == "resnet26"
+    or name.startswith(("se", "eca"))
+    or (name.startswith("resnet") and name.endswith("d"))
+)
 
 
 def list_models() -> list[str]:

@@ -1,4 +1,5 @@
-"""One generic ResNet: torchvision's ResNet/ResNeXt/Wide ResNet, CIFAR ResNets, pre-activation.
+"""One generic ResNet: torchvision's ResNet/ResNeXt/Wide ResNet, timm's ResNet-D, CIFAR ResNets,
+pre-activation.
 
 Submodule names mirror torchvision's state_dict keys (``layer1.0.conv1`` is ``layer1_0/conv1``),
 so converting weights is a renaming plus a transpose (see :mod:`resnet_flax.io.convert`).
@@ -14,11 +15,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_flax.models.attention import Attention, attention
 from resnet_flax.models.checks import check_images, check_options
 from resnet_flax.models.layers import BatchNorm, Impl, conv, max_pool, torch_linear_init
 
 ModuleDef = Any
-Shortcut = Literal["projection", "zero_pad"]
+Shortcut = Literal["projection", "avg_pool", "zero_pad"]
+
+
+def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
+    """``nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)``: a last window that
+    overhangs an odd edge averages the pixels it covers."""
+    pads = [(0, -(-(n - 2) // stride) * stride + 2 - n) for n in x.shape[1:3]]
+    return nn.avg_pool(x, (2, 2), (stride, stride), padding=pads, count_include_pad=False)
 
 
 def zero_pad_shortcut(x: jax.Array, stride: int, features: int) -> jax.Array:
@@ -39,6 +48,7 @@ class Block(nn.Module):
     base_width: int = 64
     shortcut: Shortcut | None = None
     zero_init_residual: bool = False
+    attn: Attention | None = None  # timm's attn_layer: after the branch's last BatchNorm
     dtype: Any = jnp.float32
     impl: Impl = "auto"
 
@@ -60,6 +70,7 @@ class BasicBlock(Block):
         out = nn.relu(self.norm(name="bn1")(out, train))
         out = c(self.planes, 3, name="conv2")(out)
         out = self.norm(name="bn2", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
+        out = _attend(self, out)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -79,6 +90,7 @@ class Bottleneck(Block):
         out = nn.relu(self.norm(name="bn2")(out, train))
         out = c(self.planes * self.expansion, 1, name="conv3")(out)
         out = self.norm(name="bn3", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
+        out = _attend(self, out)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -120,6 +132,11 @@ class PreActBottleneck(Block):
         return out + identity
 
 
+def _attend(block: Block, out: jax.Array) -> jax.Array:
+    module = attention(block.attn, out.shape[-1], block.dtype, block.impl)
+    return out if module is None else module(out)
+
+
 def _last_bn_init(zero: bool) -> Callable:
     return nn.initializers.zeros if zero else nn.initializers.ones
 
@@ -127,16 +144,24 @@ def _last_bn_init(zero: bool) -> Callable:
 def _shortcut(
     block: Block, x: jax.Array, train: bool, preactivated: jax.Array | None = None
 ) -> jax.Array:
-    """The identity path of ``block``: identity, projection (``downsample``) or zero-padding.
+    """The identity path of ``block``: identity, projection (``downsample``), average-pool then
+    projection (ResNet-D) or zero-padding.
 
-    Post-activation blocks project with conv1x1 + BatchNorm (torchvision's ``downsample.0/1``);
-    pre-activation blocks project the pre-activated input with a bare conv1x1.
+    Post-activation blocks project with conv1x1 + BatchNorm (torchvision's ``downsample.0/1``;
+    ResNet-D's ``downsample.1/2`` after a 2x2 average pool, timm's ``avg_down``); pre-activation
+    blocks project the pre-activated input with a bare conv1x1.
     """
     features = block.planes * block.expansion
     if block.shortcut is None:
         return x
     if block.shortcut == "zero_pad":
         return zero_pad_shortcut(x, block.stride, features)
+    if block.shortcut == "avg_pool":
+        if block.dilation > 1:
+            raise ValueError("the average-pool shortcut (ResNet-D) does not take dilation")
+        pooled = avg_pool_ceil(x, block.stride) if block.stride > 1 else x
+        c = conv(features, 1, dtype=block.dtype, impl=block.impl, name="downsample_1")
+        return block.norm(name="downsample_2")(c(pooled), train)
     if block.preact:
         c = conv(features, 1, block.stride, dtype=block.dtype, impl=block.impl, name="downsample_0")
         return c(preactivated)
@@ -152,10 +177,14 @@ class ResNet(nn.Module):
     Attributes mirror torchvision's ``ResNet`` options (``num_classes``, ``zero_init_residual``,
     ``groups``, ``width_per_group``, ``replace_stride_with_dilation``) plus:
 
-    - ``stem``: ``"imagenet"`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``"cifar"``
+    - ``stem``: ``"imagenet"`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), ``"deep"`` (timm's
+      ResNet-D stem: three 3x3 convs of ``stem_width``, ``stem_width``, 2 x ``stem_width``
+      channels, the first of stride 2, then BN, ReLU, 3x3/2 max-pool) or ``"cifar"``
       (3x3/1 conv, BN, ReLU; pre-activation nets keep the bare conv).
-    - ``shortcut``: ``"projection"`` (conv1x1 + BN, torchvision) or ``"zero_pad"``
-      (option A, He et al. 2016 section 4.2).
+    - ``attn_layer``: channel attention in every block, timm's ``"se"`` or ``"eca"``
+      (:mod:`resnet_flax.models.attention`); pre-activation blocks take none.
+    - ``shortcut``: ``"projection"`` (conv1x1 + BN, torchvision), ``"avg_pool"`` (2x2 average
+      pool, then conv1x1 + BN: ResNet-D) or ``"zero_pad"`` (option A, He et al. 2016 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
     - ``impl``: which registered kernels run the convs, BatchNorms and max-pool (``"plain"``,
@@ -169,11 +198,12 @@ class ResNet(nn.Module):
     block: type[Block]
     stage_sizes: Sequence[int]
     widths: Sequence[int] = (64, 128, 256, 512)
-    stem: Literal["imagenet", "cifar"] = "imagenet"
+    stem: Literal["imagenet", "deep", "cifar"] = "imagenet"
     stem_width: int = 64
     shortcut: Shortcut = "projection"
     num_classes: int = 1000
     zero_init_residual: bool = False
+    attn_layer: Attention | None = None
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] | None = None
@@ -190,11 +220,21 @@ class ResNet(nn.Module):
         check_images(x, type(self).__name__, self.in_channels)
         norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl)
         preact = self.block.preact
+        if preact and self.attn_layer is not None:
+            raise ValueError(f"{type(self).__name__}: pre-activation blocks take no attn_layer")
         x = x.astype(self.dtype)
 
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
+        inplanes = self.stem_width
         if self.stem == "imagenet":
-            x = conv(self.stem_width, 7, 2, 3, dtype=self.dtype, impl=self.impl, name="conv1")(x)
+            x = c(self.stem_width, 7, 2, 3, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x, train))
+            x = max_pool(x, 3, 2, 1, impl=self.impl)
+        elif self.stem == "deep":  # timm's conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv)
+            x = nn.relu(norm(name="conv1_1")(c(self.stem_width, 3, 2, 1, name="conv1_0")(x), train))
+            x = nn.relu(norm(name="conv1_4")(c(self.stem_width, 3, 1, 1, name="conv1_3")(x), train))
+            inplanes = 2 * self.stem_width
+            x = nn.relu(norm(name="bn1")(c(inplanes, 3, 1, 1, name="conv1_6")(x), train))
             x = max_pool(x, 3, 2, 1, impl=self.impl)
         else:
             x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, impl=self.impl, name="conv1")(x)
@@ -203,7 +243,7 @@ class ResNet(nn.Module):
         self.sow("intermediates", "stem", x)
 
         dilate = self.replace_stride_with_dilation or [False] * (len(self.stage_sizes) - 1)
-        inplanes, dilation = self.stem_width, 1
+        dilation = 1
         for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stride, previous_dilation = (1 if i == 0 else 2), dilation
             if i > 0 and dilate[i - 1]:
@@ -221,6 +261,7 @@ class ResNet(nn.Module):
                     base_width=self.width_per_group,
                     shortcut=self.shortcut if needs_shortcut else None,
                     zero_init_residual=self.zero_init_residual,
+                    attn=self.attn_layer,
                     dtype=self.dtype,
                     impl=self.impl,
                     name=f"layer{i + 1}_{j}",
