@@ -139,6 +139,10 @@ def _randomise_batch_norms(model, residual_last: set[int], seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, torch.nn.GroupNorm):  # timm's resnet50_gn: no running statistics
+                low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
+                m.weight.uniform_(low, high, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
             if isinstance(m, torch.nn.BatchNorm2d):
                 low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
                 m.weight.uniform_(low, high, generator=g)

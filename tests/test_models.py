@@ -153,3 +153,26 @@ def test_integer_images_are_an_error_naming_the_fix(dtype):
         ValueError, match=rf"normalised floating-point images; got {jnp.dtype(dtype)}"
     ):
         model.init(jax.random.key(0), images)
+
+
+def test_drop_path_is_stochastic_depth_in_training_only():
+    """timm's drop_path_rate: evaluation is untouched; training drops residual branches per
+    example, drawn from the 'dropout' rng."""
+    plain = resnet_flax.create_model("resnet18d", num_classes=4)
+    dropping = resnet_flax.create_model("resnet18d", num_classes=4, drop_path_rate=0.5)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = plain.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))
+
+    def train(key):
+        logits, _ = dropping.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+        )
+        return np.asarray(logits)
+
+    np.testing.assert_array_equal(train(jax.random.key(2)), train(jax.random.key(2)))
+    assert not np.allclose(train(jax.random.key(2)), train(jax.random.key(3)))
+    undropped, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(train(jax.random.key(2)), undropped)
+    with pytest.raises(ValueError, match="drop_path_rate must be a probability"):
+        resnet_flax.create_model("resnet50d", drop_path_rate=1.0)

@@ -26,15 +26,17 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 class SqueezeExcite(nn.Module):
     """timm's ``SEModule`` (Hu et al.): global average, conv1x1 -> ReLU -> conv1x1 -> sigmoid,
-    the input scaled per channel. Reduction 1/16, rounded to a multiple of 8."""
+    the input scaled per channel. The reduction (1/16; ResNet-RS: 1/4) is rounded to a
+    multiple of 8."""
 
     channels: int
+    ratio: float = 1 / 16
     dtype: Any = jnp.float32
     impl: Impl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        reduced = make_divisible(self.channels / 16)
+        reduced = make_divisible(self.channels * self.ratio)
         c = dict(use_bias=True, dtype=self.dtype, impl=self.impl)
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
         s = nn.relu(conv(reduced, 1, name="fc1", **c)(s))
@@ -59,10 +61,13 @@ class EfficientChannelAttention(nn.Module):
         return x * jax.nn.sigmoid(y[..., 0])[:, None, None, :]
 
 
-def attention(kind: Attention | None, channels: int, dtype: Any, impl: Impl) -> nn.Module | None:
-    """The attention module named ``kind`` (called ``se`` in the block, as timm names it)."""
+def attention(
+    kind: Attention | None, channels: int, ratio: float, dtype: Any, impl: Impl
+) -> nn.Module | None:
+    """The attention module named ``kind`` (called ``se`` in the block, as timm names it);
+    ``ratio`` is SE's reduction."""
     if kind is None:
         return None
     if kind == "se":
-        return SqueezeExcite(channels, dtype=dtype, impl=impl, name="se")
+        return SqueezeExcite(channels, ratio, dtype=dtype, impl=impl, name="se")
     return EfficientChannelAttention(channels, dtype=dtype, name="se")

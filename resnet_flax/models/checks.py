@@ -101,7 +101,7 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
             raise bad(
                 "dtype", options["dtype"], f"a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
             )
-    if "dropout" in options:
-        rate = options["dropout"]
+    for option in ("dropout", "drop_path_rate"):
+        rate = options.get(option, 0.0)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
-            raise bad("dropout", rate, "a probability in [0, 1)")
+            raise bad(option, rate, "a probability in [0, 1)")

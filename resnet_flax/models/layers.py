@@ -171,6 +171,33 @@ class BatchNorm(nn.Module):
         return y
 
 
+class GroupNorm(nn.Module):
+    """``torch.nn.GroupNorm`` (timm's ``GroupNorm``: 32 groups, eps 1e-5) over the last axis,
+    taking BatchNorm's call signature so the blocks use either. Statistics are per example, so
+    ``train`` changes nothing; they are computed in float32, two-pass, as torch's."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        features = x.shape[-1]
+        if features % self.num_groups:
+            raise ValueError(f"GroupNorm: {features} channels do not split into {self.num_groups}")
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        grouped = x32.reshape(*x.shape[:-1], self.num_groups, features // self.num_groups)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # space and the channels of a group
+        mean = jnp.mean(grouped, axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
+        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return (y * scale + bias).astype(self.dtype)
+
+
 def statistics_count(x: jax.Array, axis_name: str | None) -> int:
     """How many values each channel's statistics are taken over (all devices on the axis)."""
     devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)

@@ -26,6 +26,7 @@ from resnet_flax.models.vgg import CFGS, VGG
 _CIFAR = dict(stem="cifar", widths=(16, 32, 64), stem_width=16, shortcut="zero_pad", num_classes=10)
 _CIFAR_STEM = dict(stem="cifar", num_classes=10)
 _RESNET_D = dict(stem="deep", stem_width=32, shortcut="avg_pool")  # deep stem, avg_down
+_RESNET_RS = dict(_RESNET_D, stem_pool="conv", attn_layer="se", se_ratio=0.25)
 
 # name -> (module class, fixed architecture arguments). Options a user may pass are the
 # module's remaining fields (see ``model_options``).
@@ -119,6 +120,9 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="eca", **_RESNET_D),
     ),
+    "resnetrs50": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), **_RESNET_RS)),
+    "resnetrs101": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), **_RESNET_RS)),
+    "resnet50_gn": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), norm_layer="group")),
     "ecaresnet101d": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), attn_layer="eca", **_RESNET_D),
@@ -131,9 +135,14 @@ TIMM_MODELS: tuple[str, ...] = tuple(
     name
     for name in _REGISTRY
     if name == "resnet26"
-    or name.startswith(("se", "eca"))
+    or name.startswith(("se", "eca", "resnetrs"))
+    or name.endswith("_gn")
     or (name.startswith("resnet") and name.endswith("d"))
 )
+
+
+for _name in TIMM_MODELS:  # timm's default zero_init_last=True: the same, by torchvision's name
+    _REGISTRY[_name][1]["zero_init_residual"] = True
 
 
 def list_models() -> list[str]:
@@ -201,7 +210,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Architecture arguments that torchvision also exposes as options (ResNeXt/Wide widths).
-_OVERRIDABLE = ("groups", "width_per_group", "num_classes")
+_OVERRIDABLE = ("groups", "width_per_group", "num_classes", "zero_init_residual")
 
 
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from resnet_flax.models.attention import Attention, attention
 from resnet_flax.models.checks import check_images, check_options
-from resnet_flax.models.layers import BatchNorm, Impl, conv, max_pool, torch_linear_init
+from resnet_flax.models.layers import BatchNorm, GroupNorm, Impl, conv, max_pool, torch_linear_init
 
 ModuleDef = Any
 Shortcut = Literal["projection", "avg_pool", "zero_pad"]
@@ -49,6 +49,8 @@ class Block(nn.Module):
     shortcut: Shortcut | None = None
     zero_init_residual: bool = False
     attn: Attention | None = None  # timm's attn_layer: after the branch's last BatchNorm
+    se_ratio: float = 1 / 16
+    drop_path: float = 0.0  # stochastic depth: the branch's drop probability in training
     dtype: Any = jnp.float32
     impl: Impl = "auto"
 
@@ -70,7 +72,7 @@ class BasicBlock(Block):
         out = nn.relu(self.norm(name="bn1")(out, train))
         out = c(self.planes, 3, name="conv2")(out)
         out = self.norm(name="bn2", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
-        out = _attend(self, out)
+        out = _drop_path(self, _attend(self, out), train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -90,7 +92,7 @@ class Bottleneck(Block):
         out = nn.relu(self.norm(name="bn2")(out, train))
         out = c(self.planes * self.expansion, 1, name="conv3")(out)
         out = self.norm(name="bn3", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
-        out = _attend(self, out)
+        out = _drop_path(self, _attend(self, out), train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -133,8 +135,19 @@ class PreActBottleneck(Block):
 
 
 def _attend(block: Block, out: jax.Array) -> jax.Array:
-    module = attention(block.attn, out.shape[-1], block.dtype, block.impl)
+    module = attention(block.attn, out.shape[-1], block.se_ratio, block.dtype, block.impl)
     return out if module is None else module(out)
+
+
+def _drop_path(block: Block, out: jax.Array, train: bool) -> jax.Array:
+    """timm's ``DropPath``: in training, each example's residual branch is zeroed with
+    probability ``drop_path`` and the kept ones scaled by 1 / (1 - p) (needs a ``'dropout'``
+    rng); the identity in evaluation."""
+    if not train or block.drop_path == 0:
+        return out
+    keep = 1.0 - block.drop_path
+    mask = jax.random.bernoulli(block.make_rng("dropout"), keep, (out.shape[0], 1, 1, 1))
+    return out * (mask / keep).astype(out.dtype)
 
 
 def _last_bn_init(zero: bool) -> Callable:
@@ -181,8 +194,15 @@ class ResNet(nn.Module):
       ResNet-D stem: three 3x3 convs of ``stem_width``, ``stem_width``, 2 x ``stem_width``
       channels, the first of stride 2, then BN, ReLU, 3x3/2 max-pool) or ``"cifar"``
       (3x3/1 conv, BN, ReLU; pre-activation nets keep the bare conv).
-    - ``attn_layer``: channel attention in every block, timm's ``"se"`` or ``"eca"``
-      (:mod:`resnet_flax.models.attention`); pre-activation blocks take none.
+    - ``attn_layer``: channel attention in every block, timm's ``"se"`` (reduction
+      ``se_ratio``) or ``"eca"`` (:mod:`resnet_flax.models.attention`); pre-activation blocks
+      take none.
+    - ``drop_path_rate``: timm's stochastic depth, rising linearly from 0 at the first block
+      to this rate at the last (train mode needs a ``'dropout'`` rng when it is non-zero).
+    - ``norm_layer``: ``"batch"`` (BatchNorm) or ``"group"`` (GroupNorm, 32 groups: timm's
+      ``resnet50_gn``).
+    - ``stem_pool``: the deep stem's ``"max"`` pool, or ``"conv"`` (a 3x3/2 conv, BN, ReLU:
+      ResNet-RS).
     - ``shortcut``: ``"projection"`` (conv1x1 + BN, torchvision), ``"avg_pool"`` (2x2 average
       pool, then conv1x1 + BN: ResNet-D) or ``"zero_pad"`` (option A, He et al. 2016 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
@@ -204,6 +224,10 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     zero_init_residual: bool = False
     attn_layer: Attention | None = None
+    se_ratio: float = 1 / 16
+    drop_path_rate: float = 0.0
+    norm_layer: Literal["batch", "group"] = "batch"
+    stem_pool: Literal["max", "conv"] = "max"
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] | None = None
@@ -218,10 +242,15 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_options(self)
         check_images(x, type(self).__name__, self.in_channels)
-        norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl)
+        if self.norm_layer == "group":
+            norm = partial(GroupNorm, dtype=self.dtype)
+        else:
+            norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl)
         preact = self.block.preact
-        if preact and self.attn_layer is not None:
-            raise ValueError(f"{type(self).__name__}: pre-activation blocks take no attn_layer")
+        if preact and (self.attn_layer is not None or self.drop_path_rate):
+            raise ValueError(
+                f"{type(self).__name__}: pre-activation blocks take no attn_layer or drop_path_rate"
+            )
         x = x.astype(self.dtype)
 
         c = partial(conv, dtype=self.dtype, impl=self.impl)
@@ -235,7 +264,12 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name="conv1_4")(c(self.stem_width, 3, 1, 1, name="conv1_3")(x), train))
             inplanes = 2 * self.stem_width
             x = nn.relu(norm(name="bn1")(c(inplanes, 3, 1, 1, name="conv1_6")(x), train))
-            x = max_pool(x, 3, 2, 1, impl=self.impl)
+            if self.stem_pool == "conv":  # ResNet-RS: timm's replace_stem_pool
+                x = nn.relu(
+                    norm(name="maxpool_1")(c(inplanes, 3, 2, 1, name="maxpool_0")(x), train)
+                )
+            else:
+                x = max_pool(x, 3, 2, 1, impl=self.impl)
         else:
             x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             if not preact:
@@ -243,7 +277,7 @@ class ResNet(nn.Module):
         self.sow("intermediates", "stem", x)
 
         dilate = self.replace_stride_with_dilation or [False] * (len(self.stage_sizes) - 1)
-        dilation = 1
+        dilation, block_index, num_blocks = 1, 0, sum(self.stage_sizes)
         for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stride, previous_dilation = (1 if i == 0 else 2), dilation
             if i > 0 and dilate[i - 1]:
@@ -262,11 +296,14 @@ class ResNet(nn.Module):
                     shortcut=self.shortcut if needs_shortcut else None,
                     zero_init_residual=self.zero_init_residual,
                     attn=self.attn_layer,
+                    se_ratio=self.se_ratio,
+                    drop_path=self.drop_path_rate * block_index / max(num_blocks - 1, 1),
                     dtype=self.dtype,
                     impl=self.impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
                 inplanes = planes * self.block.expansion
+                block_index += 1
             self.sow("intermediates", f"layer{i + 1}", x)
 
         if preact:
