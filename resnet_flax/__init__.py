@@ -5,8 +5,8 @@ Build (``create_model``, with ``weights=`` a tag or torchvision's enum name: the
 published weights), fetch weights by tag (``load_pretrained``, ``list_pretrained``), import and
 export torchvision weights (``load_torchvision``, ``export_torchvision``, ``save_torchvision``),
 preprocess like torchvision (``preprocess``), inspect (``summary``), use as a backbone
-(``extract_features``) and run inference with BatchNorm folded into the convolutions
-(``fold_batch_norm``).
+(``extract_features``), run inference with BatchNorm folded into the convolutions
+(``fold_batch_norm``), and use any model as an NNX module (``to_nnx``, ``to_linen_variables``).
 
 The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, plugged in behind
 the models' factories), ``io`` (weights in and out), ``inference`` and ``train``; see
@@ -21,6 +21,7 @@ from resnet_flax.inference.summary import summary
 from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision
 from resnet_flax.io.hub import create_model, list_pretrained, load_pretrained
 from resnet_flax.io.weights import TORCHVISION_MODELS
+from resnet_flax.models.bridge import to_linen_variables, to_nnx
 from resnet_flax.models.registry import TIMM_MODELS, list_models, model_options
 
 __all__ = [
@@ -39,4 +40,6 @@ __all__ = [
     "preprocess",
     "save_torchvision",
     "summary",
+    "to_linen_variables",
+    "to_nnx",
 ]
