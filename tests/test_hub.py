@@ -163,3 +163,65 @@ def test_predict_takes_a_tag(published, tmp_path, capsys):
     assert predict.main(["--weights", "IMAGENET1K_V1", "--model", "resnet18", str(image)]) == 0
     assert predict.main(["--weights", "resnet18.tv9_in1k", str(image)]) == 2
     assert "unknown weights tag 'resnet18.tv9_in1k'" in capsys.readouterr().err
+
+
+class _HuggingFace(http.server.BaseHTTPRequestHandler):
+    """The hub's file-resolve route, /REPO/resolve/REVISION/FILE, for one file."""
+
+    files: dict[str, bytes] = {}
+
+    def _answer(self, body: bool) -> None:
+        path = self.path.split("?")[0]
+        data = type(self).files.get(path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._answer(body=False)
+
+    def do_GET(self):
+        self._answer(body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
+    from resnet_flax.io.convert import export_torchvision
+    from resnet_flax.io.pth import write_safetensors
+
+    variables = init_variables(resnet_flax.create_model("resnet18d"), 32)
+    write_safetensors(tmp_path / "model.safetensors", export_torchvision("resnet18d", variables))
+    route = "/timm/resnet18d.ra2_in1k/resolve/main/model.safetensors"
+    _HuggingFace.files = {route: (tmp_path / "model.safetensors").read_bytes()}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+        model, loaded = resnet_flax.load_pretrained("resnet18d.ra2_in1k")
+        _assert_same(loaded, variables)
+        _, again = resnet_flax.create_model("resnet18d", weights="DEFAULT")  # timm's first
+        _assert_same(again, variables)
+        assert list((tmp_path / "hf").rglob("model.safetensors"))  # in huggingface_hub's cache
+        transform = hub.resolve("resnet18d.ra2_in1k").transforms()
+        assert (transform.resize_size, transform.crop_size) == (256, 224)  # 224 / 0.875
+        assert transform.interpolation == "bicubic"
+        with pytest.raises(hub.WeightsError, match=r"cannot fetch timm/resnet50d.a1_in1k/model"):
+            resnet_flax.load_pretrained("resnet50d.a1_in1k")  # not on this server, nor cached
+    finally:
+        httpd.shutdown()
+    with pytest.raises(hub.WeightsError, match=r"unknown weights 'a9_in1k' for resnet50d.*a1_in1k"):
+        resnet_flax.create_model("resnet50d", weights="a9_in1k")

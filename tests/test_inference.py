@@ -387,3 +387,39 @@ def test_sixteen_bit_images_keep_their_values(tmp_path) -> None:
     # the folder data set's eval crop (PIL) at the image's own size is the image
     crop = eval_crop((tmp_path / "deep.png").read_bytes(), 40, resize_size=40)
     np.testing.assert_array_equal(crop[..., 0], expected[:, 4:44])
+
+
+@pytest.mark.parametrize(
+    "tag", ["resnet50d.a1_in1k", "resnet18d.ra4_e3600_r224_in1k", "resnetrs50.tf_in1k"]
+)
+def test_timm_entries_transform_as_timm_does(images, tag) -> None:
+    """Each timm entry's transforms() (and at its test size) against timm's create_transform
+    on the resolved config: bicubic, crop_pct 0.95, 0.9 and 0.91, the mean/std they carry."""
+    timm = pytest.importorskip("timm", reason="needs timm")
+    from timm.data import create_transform, resolve_data_config
+
+    from resnet_flax.io.weights import TIMM_WEIGHTS
+
+    entry = next(w for w in TIMM_WEIGHTS if w.tag == tag)
+    cfg = timm.models.get_pretrained_cfg(tag).to_dict()
+    for test in (False, True):
+        config = resolve_data_config(pretrained_cfg=cfg, use_test_size=test)
+        transform = create_transform(**config)
+        theirs = np.stack(
+            [transform(Image.open(p).convert("RGB")).numpy().transpose(1, 2, 0) for p in images]
+        )
+        np.testing.assert_array_equal(entry.transforms(test)(images), theirs)
+
+
+def test_bilinear_crop_pct_is_timms_transform(images) -> None:
+    pytest.importorskip("timm", reason="needs timm")
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=(3, 224, 224), interpolation="bilinear", crop_pct=0.875, mean=MEAN, std=STD
+    )
+    theirs = np.stack(
+        [transform(Image.open(p).convert("RGB")).numpy().transpose(1, 2, 0) for p in images]
+    )
+    ours = EvalTransform(256, 224, "bilinear", MEAN, STD)(images)  # floor(224 / 0.875) = 256
+    np.testing.assert_array_equal(ours, theirs)

@@ -1,4 +1,5 @@
-"""Weights by name: torchvision's published files, fetched once into torch hub's cache.
+"""Weights by name: torchvision's published files, fetched once into torch hub's cache, and
+timm's, from the Hugging Face hub into its cache.
 
 A tag is timm's name for the weights, ``MODEL.tv_in1k`` (torchvision's ``IMAGENET1K_V1``),
 ``MODEL.tv2_in1k`` (``IMAGENET1K_V2``) or ``vgg16.tv_features``; torchvision's enum names are
@@ -8,6 +9,10 @@ IMAGENET1K_V2"``, ``"DEFAULT"``). Files go to ``$TORCH_HOME/hub/checkpoints`` (d
 reused. A download goes to ``FILE.part``, is checked against the sha256 prefix in its file name
 (as torchvision checks), and only then renamed. ``RESNET_FLAX_WEIGHTS_URL`` replaces the base
 address ``https://download.pytorch.org/models/`` (mirrors, tests).
+
+timm's tags (``resnet50d.a1_in1k``; with a timm model name, its suffix ``a1_in1k`` or
+``DEFAULT``, timm's first) are fetched as ``timm/TAG/model.safetensors`` with
+``huggingface_hub``, as timm fetches them: its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import flax.linen as nn
 from tqdm import tqdm
 
 from resnet_flax.io.convert import load_torchvision
-from resnet_flax.io.weights import URL_BASE, WEIGHTS, WeightsInfo
+from resnet_flax.io.weights import TIMM_WEIGHTS, URL_BASE, WEIGHTS, TimmWeights, WeightsInfo
 from resnet_flax.models import registry
 from resnet_flax.models.checks import did_you_mean
 
@@ -46,22 +51,36 @@ def tag_of(info: WeightsInfo) -> str:
 
 
 _BY_TAG = {tag_of(w): w for w in WEIGHTS}
+_TIMM_BY_TAG = {w.tag: w for w in TIMM_WEIGHTS}
+Entry = WeightsInfo | TimmWeights
 
 
 def list_pretrained() -> list[str]:
-    """Every weights tag, in the table's order."""
-    return list(_BY_TAG)
+    """Every weights tag, torchvision's then timm's, in the tables' order."""
+    return [*_BY_TAG, *_TIMM_BY_TAG]
 
 
-def resolve(weights: str, model: str | None = None) -> WeightsInfo:
-    """The entry a tag names: ``resnet50.tv2_in1k``, or with ``model`` torchvision's enum
-    name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``, ``DEFAULT``: the newest)."""
-    if weights in _BY_TAG:
-        found = _BY_TAG[weights]
+def resolve(weights: str, model: str | None = None) -> Entry:
+    """The entry a tag names: ``resnet50.tv2_in1k``, ``resnet50d.a1_in1k``; with ``model``,
+    torchvision's enum name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``,
+    ``DEFAULT``: the newest) or a timm tag's suffix (``a1_in1k``; ``DEFAULT``: timm's first)."""
+    if model is not None and f"{model}.{weights}" in _TIMM_BY_TAG:
+        return _TIMM_BY_TAG[f"{model}.{weights}"]
+    found = _BY_TAG.get(weights) or _TIMM_BY_TAG.get(weights)
+    if found is not None:
         if model is not None and found.model != model:
             raise WeightsError(f"weights {weights!r} are {found.model}'s, not {model}'s.")
         return found
     enum = weights.rsplit(".", 1)[-1]
+    timm_entries = [w for w in TIMM_WEIGHTS if w.model == model]
+    if timm_entries:
+        if enum == "DEFAULT":
+            return timm_entries[0]
+        valid = [w.tag.split(".", 1)[1] for w in timm_entries]
+        raise WeightsError(
+            f"unknown weights {weights!r} for {model}.{did_you_mean(weights, valid)} "
+            f"Valid: {', '.join(valid)}, DEFAULT."
+        )
     if model is not None:
         entries = [w for w in WEIGHTS if w.model == model]
         if not entries:
@@ -77,8 +96,8 @@ def resolve(weights: str, model: str | None = None) -> WeightsInfo:
             f"Valid: {', '.join(valid)}, DEFAULT."
         )
     raise WeightsError(
-        f"unknown weights tag {weights!r}.{did_you_mean(weights, _BY_TAG)} Tags look like "
-        f"'resnet50.tv2_in1k' (resnet_flax.list_pretrained() lists them)."
+        f"unknown weights tag {weights!r}.{did_you_mean(weights, list_pretrained())} Tags look "
+        f"like 'resnet50.tv2_in1k' or 'resnet50d.a1_in1k' (resnet_flax.list_pretrained())."
     )
 
 
@@ -95,8 +114,10 @@ def url_of(info: WeightsInfo) -> str:
     return base.rstrip("/") + "/" + info.file_name
 
 
-def fetch(info: WeightsInfo, *, progress: bool = True, timeout: float = 60.0) -> Path:
+def fetch(info: Entry, *, progress: bool = True, timeout: float = 60.0) -> Path:
     """The local file of ``info``: the cached one, else downloaded, verified and cached."""
+    if isinstance(info, TimmWeights):
+        return _from_hugging_face(info)
     path = cache_dir() / info.file_name
     if path.is_file():
         return path
@@ -132,6 +153,26 @@ def fetch(info: WeightsInfo, *, progress: bool = True, timeout: float = 60.0) ->
         )
     partial.replace(path)
     return path
+
+
+def _from_hugging_face(entry: TimmWeights) -> Path:
+    """``timm/TAG/model.safetensors`` through huggingface_hub (its cache, offline mode and
+    endpoint, as timm)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError(
+            f"{entry.tag} is timm's, on the Hugging Face hub: pip install huggingface_hub."
+        ) from None
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        return Path(hf_hub_download(entry.hf_hub_id, "model.safetensors", endpoint=endpoint))
+    except Exception as error:  # huggingface_hub's HTTP, offline and cache errors
+        raise WeightsError(
+            f"cannot fetch {entry.hf_hub_id}/model.safetensors from the Hugging Face hub "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"Offline, HF_HUB_OFFLINE=1 uses huggingface_hub's cache; HF_ENDPOINT names a mirror."
+        ) from None
 
 
 def _download(url: str, partial: Path, progress: bool, timeout: float) -> str:

@@ -1,4 +1,5 @@
-"""torchvision's published ImageNet weights for every torchvision model, as a table.
+"""torchvision's published ImageNet weights for every torchvision model, and timm's for its
+ResNets, as tables.
 
 Generated once from torchvision 0.29's ``Weights`` enums (``ResNet50_Weights.IMAGENET1K_V2``
 ...), so that a weights file can be recognised by its name without importing torch:
@@ -7,11 +8,15 @@ evaluation transform it was published with (resize 232, crop 224).
 
 The table also names the models whose architecture is torchvision's own
 (:data:`TORCHVISION_MODELS`): those that weights import into and parity tests cover.
+:data:`TIMM_WEIGHTS` holds timm's weights of the timm names we build (generated from timm's
+pretrained configs by ``scripts/timm_weights.py``): each on the Hugging Face hub as
+``timm/TAG``, with the evaluation transform timm resolves for it (``resolve_data_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from resnet_flax.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
@@ -221,3 +226,341 @@ def weights_for(model: str) -> list[WeightsInfo]:
 def identify(path_or_filename: str | os.PathLike) -> WeightsInfo | None:
     """The weights entry whose file name is that of ``path_or_filename``, else ``None``."""
     return _BY_FILE_NAME.get(os.path.basename(os.fspath(path_or_filename)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmWeights:
+    """One timm weights entry (``resnet50d.a1_in1k``) and its evaluation settings, as timm's
+    ``resolve_data_config`` gives them: input ``image_size``, ``crop_pct`` (the image is resized
+    to ``floor(image_size / crop_pct)``, then centre-cropped), interpolation, mean and std, and
+    the larger ``test_size`` (with ``test_crop_pct``) timm reports its best accuracy at."""
+
+    tag: str
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    test_size: int | None
+    test_crop_pct: float | None
+    num_classes: int
+    features_only: bool = False  # as WeightsInfo: every timm entry has its classifier
+
+    @property
+    def model(self) -> str:
+        return self.tag.split(".")[0]
+
+    @property
+    def hf_hub_id(self) -> str:
+        return f"timm/{self.tag}"
+
+    def transforms(self, test: bool = False) -> EvalTransform:
+        """timm's ``create_transform(**resolve_data_config(...))`` for evaluation: at the
+        training size, or with ``test`` at ``test_size``."""
+        size, crop_pct = self.image_size, self.crop_pct
+        if test and self.test_size:
+            size, crop_pct = self.test_size, self.test_crop_pct or self.crop_pct
+        return EvalTransform(
+            math.floor(size / crop_pct), size, self.interpolation, self.mean, self.std
+        )
+
+
+TIMM_WEIGHTS: tuple[TimmWeights, ...] = (
+    TimmWeights(
+        "resnet26.bt_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet18d.ra2_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet18d.ra4_e3600_r224_in1k",
+        224,
+        0.9,
+        "bicubic",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "resnet26d.bt_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet34d.ra2_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.a1_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.a2_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.a3_in1k",
+        160,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        224,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.gluon_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        None,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.ra2_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50d.ra4_e3600_r224_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "resnet101d.gluon_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        None,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "resnet101d.ra2_in1k",
+        256,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        320,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "resnet152d.gluon_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        None,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "resnet152d.ra2_in1k",
+        256,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        320,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "seresnet50.a1_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "seresnet50.a2_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "seresnet50.a3_in1k",
+        160,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        224,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "seresnet50.ra2_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "seresnext50_32x4d.gluon_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        None,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "seresnext50_32x4d.racm_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "seresnext101_32x8d.ah_in1k",
+        224,
+        0.95,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        1.0,
+        1000,
+    ),
+    TimmWeights(
+        "ecaresnet50d.miil_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "resnetrs50.tf_in1k",
+        160,
+        0.91,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        224,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "resnetrs101.tf_in1k",
+        192,
+        0.94,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        None,
+        1000,
+    ),
+    TimmWeights(
+        "resnet50_gn.a1h_in1k",
+        224,
+        0.94,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+    TimmWeights(
+        "ecaresnet101d.miil_in1k",
+        224,
+        0.875,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        288,
+        0.95,
+        1000,
+    ),
+)
