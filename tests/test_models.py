@@ -158,8 +158,10 @@ def test_integer_images_are_an_error_naming_the_fix(dtype):
 def test_drop_path_is_stochastic_depth_in_training_only():
     """timm's drop_path_rate: evaluation is untouched; training drops residual branches per
     example, drawn from the 'dropout' rng."""
-    plain = resnet_flax.create_model("resnet18d", num_classes=4)
-    dropping = resnet_flax.create_model("resnet18d", num_classes=4, drop_path_rate=0.5)
+    # zero_init_residual (timm's default) would zero every branch: nothing left to drop
+    options = dict(num_classes=4, zero_init_residual=False)
+    plain = resnet_flax.create_model("resnet18d", **options)
+    dropping = resnet_flax.create_model("resnet18d", drop_path_rate=0.5, **options)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     variables = plain.init(jax.random.key(1), x)
     np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))
