@@ -365,6 +365,25 @@ def test_predict_cli_errors(resnet18_file, images, tmp_path) -> None:
     )
 
 
+def test_predict_preprocessing_warning_and_overrides(resnet18_file, images) -> None:
+    """A file no table entry names: a warning with the preprocessing used and how to choose
+    another; --crop-pct and --interpolation choose it (timm's way) and silence the warning."""
+    plain = _cli("--model", "resnet18", "--weights", str(resnet18_file), str(images[0]))
+    assert plain.returncode == 0, plain.stderr
+    assert "warning: " in plain.stderr and "torchvision's V1 preset (resize 256, crop 224" in (
+        plain.stderr
+    )
+    assert "--crop-pct" in plain.stderr and "--interpolation" in plain.stderr
+    timm_style = _cli("--model", "resnet18", "--weights", str(resnet18_file), "--crop-pct",
+                      "0.95", "--interpolation", "bicubic", str(images[0]))  # fmt: skip
+    assert timm_style.returncode == 0, timm_style.stderr
+    assert "warning" not in timm_style.stderr
+    assert "resize 235, crop 224, bicubic" in timm_style.stderr  # floor(224 / 0.95)
+    bad = _cli("--model", "resnet18", "--weights", str(resnet18_file), "--crop-pct", "1.5",
+               str(images[0]))  # fmt: skip
+    assert bad.returncode == 2 and "error: --crop-pct must be in (0, 1]" in bad.stderr
+
+
 def test_sixteen_bit_images_keep_their_values(tmp_path) -> None:
     """A 16-bit grayscale PNG: PIL's convert("RGB") (torchvision's loader) clips it to 255,
     nearly all white; ours keeps the high byte, as OpenCV does on the training path."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from resnet_flax.inference.fold import fold_batch_norm
-from resnet_flax.inference.preprocess import PRESETS, imagenet_classes
+from resnet_flax.inference.preprocess import PRESETS, EvalTransform, imagenet_classes
 from resnet_flax.io import hub
 from resnet_flax.io.convert import load_torchvision
 from resnet_flax.io.weights import WeightsInfo, identify
@@ -51,6 +52,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (5)")
     parser.add_argument("--resize", type=int, help="shorter side before cropping (256, V2: 232)")
     parser.add_argument("--crop", type=int, help="centre crop size (224)")
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        help="timm's crop fraction: resize the shorter side to floor(crop / crop_pct)",
+    )
+    parser.add_argument(
+        "--interpolation", choices=("nearest", "bilinear", "bicubic"), help="resize filter"
+    )
     return parser.parse_args(argv)
 
 
@@ -102,6 +111,34 @@ def _resolve(args: argparse.Namespace, info: WeightsInfo | None) -> str:
     return info.model
 
 
+def _transform(args: argparse.Namespace, info: hub.Entry | None) -> EvalTransform:
+    """The weights' evaluation transform (torchvision's V1 preset for a file it cannot
+    identify, with a warning), with the command line's overrides."""
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    if args.crop_pct is not None and args.resize is not None:
+        raise ValueError("--crop-pct sets the resize: pass --crop-pct or --resize, not both")
+    transform = PRESETS["V1"] if info is None else info.transforms()
+    crop = args.crop or transform.crop_size
+    resize = args.resize or (
+        math.floor(crop / args.crop_pct) if args.crop_pct else transform.resize_size
+    )
+    interpolation = args.interpolation or transform.interpolation
+    if info is None and not (args.resize or args.crop_pct or args.interpolation):
+        print(
+            f"warning: {os.path.basename(args.weights)} is not a file name of a weights table "
+            f"entry, so "
+            f"its preprocessing is unknown: using torchvision's V1 preset (resize {resize}, "
+            f"crop {crop}, {interpolation}). If it was trained otherwise, pass --resize or "
+            f"--crop-pct, --crop and --interpolation (timm's weights: e.g. --crop-pct 0.95 "
+            f"--interpolation bicubic), or use a tag (--weights resnet50d.a1_in1k).",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(
+        transform, resize_size=resize, crop_size=crop, interpolation=interpolation
+    )
+
+
 def _looks_like_a_tag(weights: str) -> bool:
     """``resnet50.tv2_in1k`` or ``IMAGENET1K_V2``, not a path to a file."""
     return os.sep not in weights and not weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
@@ -120,15 +157,11 @@ def run(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{what} not found: {path!r}")
     info = tagged or identify(args.weights)
     name = _resolve(args, info)
-    transform = PRESETS["V1"] if info is None else info.transforms()
-    transform = dataclasses.replace(
-        transform,
-        resize_size=args.resize or transform.resize_size,
-        crop_size=args.crop or transform.crop_size,
-    )
+    transform = _transform(args, info)
     where = f"{info.model} {info.tag}" if info else "unrecognised weights, V1 defaults"
     print(
-        f"{name} ({where}): resize {transform.resize_size}, crop {transform.crop_size}",
+        f"{name} ({where}): resize {transform.resize_size}, crop {transform.crop_size}, "
+        f"{transform.interpolation}",
         file=sys.stderr,
     )
 
