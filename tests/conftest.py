@@ -105,13 +105,7 @@ def torch_model(name: str, seed: int):
 
     torch.manual_seed(seed)
     model = torchvision.models.get_model(name, weights=None, **model_options(name))
-    resnet = torchvision.models.resnet
-    residual_last = {
-        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
-        for b in model.modules()
-        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
-    }
-    _randomise_batch_norms(model, residual_last, seed)
+    _randomise_norms(model, torchvision.models.resnet, seed)
     return model
 
 
@@ -123,19 +117,20 @@ def timm_model(name: str, seed: int):
 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False)
-    resnet = timm.models.resnet
-    residual_last = {
-        id(b.bn2 if isinstance(b, resnet.BasicBlock) else b.bn3)
-        for b in model.modules()
-        if isinstance(b, resnet.BasicBlock | resnet.Bottleneck)
-    }
-    _randomise_batch_norms(model, residual_last, seed)
+    _randomise_norms(model, timm.models.resnet, seed)
     return model
 
 
-def _randomise_batch_norms(model, residual_last: set[int], seed: int) -> None:
+def _randomise_norms(model, blocks, seed: int) -> None:
+    """Random norm weights and BatchNorm statistics; the last norm of each residual branch
+    (``bn2`` of a ``blocks.BasicBlock``, ``bn3`` of a ``blocks.Bottleneck``) small."""
     import torch
 
+    residual_last = {
+        id(b.bn2 if isinstance(b, blocks.BasicBlock) else b.bn3)
+        for b in model.modules()
+        if isinstance(b, blocks.BasicBlock | blocks.Bottleneck)
+    }
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():

@@ -47,9 +47,7 @@ def as_path(path: PathLike) -> epath.Path:
     the library that serves them."""
     text = os.fspath(path)
     kind = scheme(text)
-    if kind == "file":
-        text = text.removeprefix("file://")
-    elif kind is not None:
+    if not is_local(text):
         if kind not in SERVED_BY:
             known = ", ".join(f"{s}://" for s in SERVED_BY)
             raise PathError(f"{text}: no filesystem serves {kind}://; use a local path or {known}.")
@@ -58,7 +56,13 @@ def as_path(path: PathLike) -> epath.Path:
             also = f" (or pip install 'resnet-flax[{extra}]')" if extra else ""
             raise PathError(f"{text}: {kind}:// paths need {module}: pip install {module}{also}.")
         return epath.Path(text)
-    return epath.Path(text).expanduser()
+    return epath.Path(local_path(text))
+
+
+def local_path(path: PathLike) -> str:
+    """A local path as a plain string for ``open``/``os.stat``: ``file://`` dropped, ``~``
+    expanded (no epath object: the hot loops that read every image use it)."""
+    return os.path.expanduser(os.fspath(path).removeprefix("file://"))
 
 
 def absolute(path: PathLike) -> epath.Path:
@@ -87,6 +91,11 @@ def check_writable(folder: PathLike) -> epath.Path:
 
 
 def read_bytes(path: PathLike) -> bytes:
+    """The file's bytes; a local file is read with ``open`` (the streamed data sets read every
+    image through here)."""
+    if is_local(path):
+        with open(local_path(path), "rb") as file:
+            return file.read()
     return as_path(path).read_bytes()
 
 

@@ -82,7 +82,10 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
         dict(block=PreActBasicBlock, stage_sizes=(2, 2, 2, 2), **_CIFAR_STEM),
     ),
     "lenet5": (LeNet5, {}),
-    # timm's ResNet family, architecture-exact (timm.create_model(name) for the same keys)
+}
+
+# timm's ResNet family, architecture-exact (timm.create_model(name) has the same keys)
+_TIMM: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "resnet26": (ResNet, dict(block=Bottleneck, stage_sizes=(2, 2, 2, 2))),
     **{
         f"resnet{depth}d": (ResNet, dict(block=block, stage_sizes=stages, **_RESNET_D))
@@ -105,7 +108,7 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
             width_per_group=4,
             attn_layer="se",
         ),
-    ),  # fmt: skip
+    ),
     "seresnext101_32x8d": (
         ResNet,
         dict(
@@ -115,7 +118,7 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
             width_per_group=8,
             attn_layer="se",
         ),
-    ),  # fmt: skip
+    ),
     "ecaresnet50d": (
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="eca", **_RESNET_D),
@@ -130,19 +133,13 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+# timm's default zero_init_last=True is torchvision's zero_init_residual: on for timm's names.
+_REGISTRY |= {
+    name: (cls, fixed | {"zero_init_residual": True}) for name, (cls, fixed) in _TIMM.items()
+}
+
 # The names whose architecture is timm's own (tests/test_parity.py compares them with timm).
-TIMM_MODELS: tuple[str, ...] = tuple(
-    name
-    for name in _REGISTRY
-    if name == "resnet26"
-    or name.startswith(("se", "eca", "resnetrs"))
-    or name.endswith("_gn")
-    or (name.startswith("resnet") and name.endswith("d"))
-)
-
-
-for _name in TIMM_MODELS:  # timm's default zero_init_last=True: the same, by torchvision's name
-    _REGISTRY[_name][1]["zero_init_residual"] = True
+TIMM_MODELS: tuple[str, ...] = tuple(_TIMM)
 
 
 def list_models() -> list[str]:

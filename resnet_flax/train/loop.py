@@ -134,6 +134,10 @@ def check_before_run(config: Any) -> None:
     if config.split_cpu_devices:
         return
     parallel.initialize_distributed(config.distributed)
+    _check_batch_sizes(config)
+
+
+def _check_batch_sizes(config: Any) -> None:
     for name in ("batch_size", "eval_batch_size"):
         parallel.check_batch_size(config[name], name)
 
@@ -145,8 +149,7 @@ def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
         parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
     parallel.initialize_distributed(config.distributed)
     mesh = parallel.make_mesh()
-    for name, size in zip(("batch_size", "eval_batch_size"), batch_sizes, strict=True):
-        parallel.check_batch_size(size, name)
+    _check_batch_sizes(config)
     return mesh
 
 

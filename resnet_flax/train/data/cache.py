@@ -34,7 +34,7 @@ def fingerprint(paths: Iterable[str], *extra: object) -> str:
     count = 0
     for path in paths:
         if filesystem.is_local(path):
-            stat = os.stat(filesystem.as_path(path))
+            stat = os.stat(filesystem.local_path(path))
             size, mtime = stat.st_size, stat.st_mtime_ns
         else:
             stat = filesystem.as_path(path).stat()
