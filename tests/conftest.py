@@ -105,7 +105,7 @@ def torch_model(name: str, seed: int):
 
     torch.manual_seed(seed)
     model = torchvision.models.get_model(name, weights=None, **model_options(name))
-    _randomise_norms(model, torchvision.models.resnet, seed)
+    _randomise_norms(model, seed)
     return model
 
 
@@ -117,19 +117,21 @@ def timm_model(name: str, seed: int):
 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False)
-    _randomise_norms(model, timm.models.resnet, seed)
+    _randomise_norms(model, seed)
     return model
 
 
-def _randomise_norms(model, blocks, seed: int) -> None:
-    """Random norm weights and BatchNorm statistics; the last norm of each residual branch
-    (``bn2`` of a ``blocks.BasicBlock``, ``bn3`` of a ``blocks.Bottleneck``) small."""
+def _randomise_norms(model, seed: int) -> None:
+    """Random norm weights and BatchNorm statistics; the norm that ends each residual branch
+    small: ``bn2`` of a ``BasicBlock``, ``bn3`` of a ``Bottleneck`` (torchvision's and timm's),
+    ``norm3`` of timm's ResNetV2 ``PreActBottleneck`` (before the branch's last conv)."""
     import torch
 
+    last = {"BasicBlock": "bn2", "Bottleneck": "bn3", "PreActBottleneck": "norm3"}
     residual_last = {
-        id(b.bn2 if isinstance(b, blocks.BasicBlock) else b.bn3)
+        id(getattr(b, last[type(b).__name__]))
         for b in model.modules()
-        if isinstance(b, blocks.BasicBlock | blocks.Bottleneck)
+        if hasattr(b, last.get(type(b).__name__, ""))
     }
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

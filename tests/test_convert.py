@@ -113,15 +113,21 @@ def test_wrong_architecture_is_named(resnet18_state) -> None:
         load_torchvision("resnet34", resnet18_state)
 
 
-def test_a_resnet_d_file_is_named_when_it_does_not_fit() -> None:
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("resnet50d", r"a ResNet-D \(deep stem, average-pool shortcut\)"),
+        ("resnetv2_50x1_bit", r"timm's ResNetV2 \(pre-activation; BiT with GroupNorm"),
+        ("resnetv2_50", r"timm's ResNetV2 \(pre-activation"),
+    ],
+)
+def test_a_timm_file_is_named_when_it_does_not_fit(name, family) -> None:
     """The error first says what the file looks like, then the key details."""
-    state = export_torchvision(
-        "resnet50d",
-        resnet_flax.models.registry.init_variables(resnet_flax.create_model("resnet50d")),
-    )
+    model = resnet_flax.create_model(name, num_classes=21843)
+    state = export_torchvision(name, resnet_flax.models.registry.init_variables(model))
     with pytest.raises(
-        ValueError,
-        match=r"do not fit resnet50 .*: they are a ResNet-D \(deep "
-        r"stem, average-pool shortcut\): try resnet50d: ",
+        ValueError, match=rf"do not fit resnet50 .*: they are {family}.*: try {name}: "
     ):
         load_torchvision("resnet50", state)
+    model, _ = load_torchvision(name, state)  # its own name: the class count is the file's
+    assert model.num_classes == 21843

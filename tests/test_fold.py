@@ -50,3 +50,33 @@ def test_folded_preact_net_matches_unfolded(parity):
     folded = fold_batch_norm(model, variables, x.shape)(x)
     err = parity.rel_err(np.asarray(folded), np.asarray(expected))
     assert err <= 5e-6, f"relative error {err:.1e}"  # measured: 9e-7 (kernels rounded once more)
+
+
+def test_folded_resnetv2_is_timm_eval(parity):
+    """timm's resnetv2_50 (pre-activation, BatchNorm): each block's norm2 and norm3 fold into
+    the conv before them; norm1 and the final norm stay."""
+    torch = pytest.importorskip("torch", reason="fold parity needs torch")
+    pytest.importorskip("timm", reason="timm's reference needs timm")
+    tmodel = parity.timm_model("resnetv2_50", seed=1).eval()
+    model, variables = load_torchvision("resnetv2_50", parity.state_dict_numpy(tmodel))
+    x = np.random.default_rng(0).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    assert len(conv_norm_pairs(model, variables, x.shape)) == 2 * 16
+    with torch.no_grad():
+        ref = tmodel(parity.nchw(x)).numpy()
+    err = parity.rel_err(np.asarray(fold_batch_norm(model, variables, x.shape)(x)), ref)
+    assert err <= parity.BOUND, f"resnetv2_50 folded eval: relative error {err:.2e}"
+
+
+def test_a_weight_standardised_conv_is_not_folded(parity):
+    """Standardisation would undo a BatchNorm scale folded into the kernel: such pairs stay."""
+    from resnet_flax.models.resnetv2 import ResNetV2
+
+    x_shape = (2, 32, 32, 3)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, x_shape), jnp.float32)
+    for standardize, folded in ((None, 4), (1e-8, 0)):
+        model = ResNetV2((1, 1), widths=(64, 128), norm_layer="batch", standardize=standardize)
+        variables = model.init(jax.random.key(0), x)
+        assert len(conv_norm_pairs(model, variables, x_shape)) == folded
+        expected = model.apply(variables, x, train=False)
+        err = parity.rel_err(np.asarray(fold_batch_norm(model, variables, x_shape)(x)), expected)
+        assert err <= 5e-6, f"standardize={standardize}: relative error {err:.1e}"

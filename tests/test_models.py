@@ -94,6 +94,69 @@ def test_zero_init_residual_zeroes_last_bn() -> None:
     assert np.asarray(params["layer1_0"]["bn1"]["scale"]).all()
 
 
+def test_zero_init_residual_zeroes_resnetv2s_last_conv() -> None:
+    """timm's zero_init_last in ResNetV2 zeroes conv3's kernel (off by default, as in timm)."""
+    for zero in (False, True):
+        model = resnet_flax.create_model("resnetv2_50x1_bit", zero_init_residual=zero)
+        params = jax.jit(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()
+        block = params["params"]["stages_1"]["blocks_2"]
+        assert np.asarray(block["conv3"]["kernel"]).any() != zero
+        assert np.asarray(block["conv2"]["kernel"]).any()
+
+
+def test_weight_standardisation() -> None:
+    """A standardised conv sees each output channel's kernel at zero mean and unit variance:
+    its output does not change when a channel's kernel is scaled and shifted; in bfloat16 the
+    kernel is standardised in float32, then rounded once."""
+    from resnet_flax.models.layers import StandardizedKernel, conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 8))
+    layer = conv(16, 3, standardize=1e-8, impl="plain")
+    variables = layer.init(jax.random.key(1), x)
+    kernel = variables["params"]["kernel"]
+    a = jax.random.uniform(jax.random.key(2), (16,), minval=0.5, maxval=4.0)
+    b = jax.random.normal(jax.random.key(3), (16,))
+    moved = {"params": {"kernel": kernel * a + b}}
+    out, ref = np.asarray(layer.apply(moved, x)), np.asarray(layer.apply(variables, x))
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()  # measured: 4e-6 (round-off)
+    k = np.asarray(kernel, np.float64).reshape(-1, 16)
+    expected = (k - k.mean(0)) / np.sqrt(k.var(0) + 1e-8)
+    _, standardised, _ = StandardizedKernel(1e-8)(x, kernel, None, dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(standardised).reshape(-1, 16), expected, atol=1e-6)
+    _, half, _ = StandardizedKernel(1e-8)(x, kernel, None, dtype=jnp.bfloat16)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(half, standardised.astype(jnp.bfloat16))
+
+
+@pytest.mark.parametrize("name", ["resnet50d", "resnetv2_50"])
+def test_drop_path_rates_are_timms(name) -> None:
+    """Each block's drop probability is the one timm gives it (linear from 0 to the rate)."""
+    torch = pytest.importorskip("torch", reason="the reference is timm's")
+    timm = pytest.importorskip("timm", reason="the reference is timm's")
+    import flax.linen as nn
+
+    with torch.device("meta"):
+        theirs = [
+            m.drop_path.drop_prob
+            for m in timm.create_model(name, drop_path_rate=0.3).modules()
+            if hasattr(m, "drop_path") and hasattr(m.drop_path, "drop_prob")
+        ]
+    ours = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(
+            getattr(context.module, "drop_path", None), float
+        ):
+            ours.append(context.module.drop_path)
+        return next_fun(*args, **kwargs)
+
+    model = resnet_flax.create_model(name, drop_path_rate=0.3)
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert len(ours) == 16 and ours[0] == 0.0  # timm gives a block of rate 0 no DropPath
+    np.testing.assert_allclose(ours[1:], theirs, rtol=1e-6)
+
+
 def test_dilation_keeps_resolution() -> None:
     model = resnet_flax.create_model("resnet50", replace_stride_with_dilation=(False, True, True))
     x = jnp.zeros((1, 64, 64, 3))
@@ -155,13 +218,14 @@ def test_integer_images_are_an_error_naming_the_fix(dtype):
         model.init(jax.random.key(0), images)
 
 
-def test_drop_path_is_stochastic_depth_in_training_only():
+@pytest.mark.parametrize("name", ["resnet18d", "resnetv2_50"])
+def test_drop_path_is_stochastic_depth_in_training_only(name):
     """timm's drop_path_rate: evaluation is untouched; training drops residual branches per
     example, drawn from the 'dropout' rng."""
     # zero_init_residual (timm's default) would zero every branch: nothing left to drop
     options = dict(num_classes=4, zero_init_residual=False)
-    plain = resnet_flax.create_model("resnet18d", **options)
-    dropping = resnet_flax.create_model("resnet18d", drop_path_rate=0.5, **options)
+    plain = resnet_flax.create_model(name, **options)
+    dropping = resnet_flax.create_model(name, drop_path_rate=0.5, **options)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     variables = plain.init(jax.random.key(1), x)
     np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))

@@ -18,8 +18,9 @@ def extract_features(
     """The stage outputs of ``model`` on the NHWC batch ``x``, by name.
 
     ResNets give ``stem``, ``layer1``.. ``layer4`` (``layer3`` for CIFAR ResNets) and
-    ``pre_logits`` (the pooled features the classifier takes); VGG gives ``features`` and
-    ``pre_logits``. ``train=True`` normalises with batch statistics (the updated
+    ``pre_logits`` (the pooled features the classifier takes); timm's ResNetV2 the same, with
+    ``stem_output`` for ``stem`` (a module of that name holds its weights); VGG gives
+    ``features`` and ``pre_logits``. ``train=True`` normalises with batch statistics (the updated
     ``batch_stats`` are discarded); VGG's dropout then needs ``rngs={'dropout': key}``.
     """
     variables = {k: v for k, v in variables.items() if k != "intermediates"}

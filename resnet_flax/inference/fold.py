@@ -7,7 +7,7 @@ tracing the model once (a BatchNorm whose input is a conv's output), scales the 
 time, and returns a jitted forward that skips the folded BatchNorms. It works for any model
 built from :func:`resnet_flax.models.layers.conv` and
 :class:`~resnet_flax.models.layers.BatchNorm`; a BatchNorm not fed by a conv (pre-activation
-nets) stays as it is.
+nets) or fed by a weight-standardised one stays as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flax.core import unfreeze
 
 from resnet_flax.cpu import backend
 from resnet_flax.cpu.postops import fuse_post_ops
-from resnet_flax.models.layers import BatchNorm, affine_coefficients
+from resnet_flax.models.layers import BatchNorm, StandardizedKernel, affine_coefficients
 
 Path = tuple[str, ...]
 
@@ -39,8 +39,8 @@ def conv_norm_pairs(model: nn.Module, variables: Any, image_shape: tuple[int, ..
         module = context.module
         if context.method_name != "__call__":
             return out
-        if isinstance(module, nn.Conv):
-            produced_by[id(out)] = module.path
+        if isinstance(module, nn.Conv) and not isinstance(module.promote_dtype, StandardizedKernel):
+            produced_by[id(out)] = module.path  # (a standardised kernel cannot absorb a scale)
         elif isinstance(module, BatchNorm) and id(args[0]) in produced_by:
             pairs[produced_by[id(args[0])]] = (module.path, module.epsilon)
         return out

@@ -39,28 +39,27 @@ def summary(
     if depth is not None and depth < 1:
         raise ValueError(f"depth must be at least 1 (or None for every module), got {depth}")
 
-    def shallow_enough(module: nn.Module, method: str) -> bool:
-        return method == "__call__" and 0 < len(module.path) <= (depth or len(module.path))
+    outputs: dict[tuple[str, ...], str] = {}  # module path -> output shapes, in call order
 
-    call_order: list[tuple[str, ...]] = []  # pytrees sort dict keys: record it while tracing
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = tuple(context.module.path)
+        if context.method_name == "__call__" and 0 < len(path) <= (depth or len(path)):
+            outputs.setdefault(path, _shape(out))
+        return out
 
     def run(x: jax.Array) -> Any:
-        variables = model.init(
-            jax.random.key(0), x, train=False, capture_intermediates=shallow_enough
-        )
-        call_order.extend(traverse_util.flatten_dict(variables["intermediates"]))
-        return variables
+        with nn.intercept_methods(record):
+            return model.init(jax.random.key(0), x, train=False)
 
     variables = jax.eval_shape(run, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
     params = traverse_util.flatten_dict(variables.get("params", {}))
     stats = traverse_util.flatten_dict(variables.get("batch_stats", {}))
-    captured = traverse_util.flatten_dict(variables["intermediates"])
-    outputs = {path[:-1]: captured[path][0] for path in call_order if path[-1] == "__call__"}
 
     rows = [("Layer", "Output shape", "Params")]
     for path in _pre_order(list(outputs)):
         count = sum(leaf.size for key, leaf in params.items() if key[: len(path)] == path)
-        rows.append(("  " * (len(path) - 1) + path[-1], _shape(outputs[path]), f"{count:,}"))
+        rows.append(("  " * (len(path) - 1) + path[-1], outputs[path], f"{count:,}"))
     total = sum(leaf.size for leaf in params.values())
     size_mb = sum(leaf.size * leaf.dtype.itemsize for leaf in params.values()) / 2**20
     totals = {

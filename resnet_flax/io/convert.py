@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -84,7 +84,7 @@ def load_torchvision(
     seed = options.pop("seed", 0)
     probe = create_model(name, **options)
     head = probe.head
-    head_weight = state.get(f"{torch_key('params', (head, 'kernel'))}")
+    head_weight = next((v for k, v in state.items() if _is_head_kernel(k.split("."), head)), None)
     file_classes = None if head_weight is None else int(np.shape(head_weight)[0])
     new_head = False
     if "num_classes" not in options and file_classes is not None:
@@ -156,21 +156,45 @@ def load_torchvision(
 _INDENT = "\n  "
 
 
-def _looks_like(state: dict[str, Any], name: str) -> str:
-    """What a file whose keys do not fit ``name`` looks like, when its stem tells: a deep stem
-    (``conv1.0``, ``conv1.3``, ``conv1.6``) is timm's ResNet-D; the depth is the one whose keys
-    all fit."""
-    if "conv1.0.weight" not in state or "conv1.6.weight" not in state:
-        return ""
-    from resnet_flax.models.registry import TIMM_MODELS
+def _is_head_kernel(path: Sequence[str], head: str) -> bool:
+    """Whether ``path`` is the classifier's kernel: a Flax variable's (``params/fc/kernel``,
+    ResNetV2's ``params/head/fc/kernel``) or a torch key split at its dots (``fc.weight``,
+    ``head.fc.weight``, VGG's ``classifier.6.weight``)."""
+    if path[0] == "params":
+        return path[1] == head and path[-1] == "kernel"
+    head_key = re.sub(r"_(\d+)$", r".\1", head)
+    return ".".join(path).startswith(head_key + ".") and path[-1] == "weight"
 
-    for candidate in (n for n in TIMM_MODELS if n.endswith("d") and n != name):
-        expected = traverse_util.flatten_dict(
-            init_variables(create_model(candidate), abstract=True)
-        )
-        if {torch_key(c, tuple(p)) for c, *p in expected} == set(state):
-            return f": they are a ResNet-D (deep stem, average-pool shortcut): try {candidate}"
-    return ": they have a deep stem (timm's ResNet-D family: resnet18d ... resnet152d)"
+
+# (a key only the family's files have, what the family is, the registry names to try)
+_FAMILIES = (
+    (
+        "conv1.6.weight",
+        "a ResNet-D (deep stem, average-pool shortcut)",
+        ("resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d"),
+    ),
+    (
+        "stages.0.blocks.0.conv1.weight",
+        "timm's ResNetV2 (pre-activation; BiT with GroupNorm and standardised convs)",
+        ("resnetv2_50", "resnetv2_101", "resnetv2_50x1_bit", "resnetv2_101x1_bit"),
+    ),
+)
+
+
+def _looks_like(state: dict[str, Any], name: str) -> str:
+    """What a file whose keys do not fit ``name`` looks like, when a key tells its family:
+    the family, and the name whose keys all fit, if one does."""
+    for key, family, names in _FAMILIES:
+        if key not in state:
+            continue
+        for candidate in (n for n in names if n != name):
+            expected = traverse_util.flatten_dict(
+                init_variables(create_model(candidate), abstract=True)
+            )
+            if {torch_key(c, tuple(p)) for c, *p in expected} == set(state):
+                return f": they are {family}: try {candidate}"
+        return f": they look like {family}: {', '.join(names)}"
+    return ""
 
 
 def _listed(items: list[str], limit: int, separator: str = ", ") -> str:
@@ -209,7 +233,7 @@ def export_torchvision(name: str, variables: Variables, **options: Any) -> dict[
     flat = traverse_util.flatten_dict(variables)
     model = create_model(name, **options)
     if "num_classes" not in options:
-        head_kernel = flat.get(("params", model.head, "kernel"))
+        head_kernel = next((v for k, v in flat.items() if _is_head_kernel(k, model.head)), None)
         if head_kernel is not None:
             model = create_model(name, **(options | {"num_classes": head_kernel.shape[-1]}))
     expected = traverse_util.flatten_dict(init_variables(model, abstract=True))

@@ -14,14 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.models.layers import Impl, conv
+from resnet_flax.models.layers import Impl, conv, make_divisible
 
 Attention = Literal["se", "eca"]
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """timm's channel rounding: the nearest multiple of ``divisor``, at least ``divisor``."""
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
 class SqueezeExcite(nn.Module):

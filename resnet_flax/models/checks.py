@@ -72,7 +72,15 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     def bad(option: str, value: Any, expected: str) -> ValueError:
         return ValueError(f"{model}: {option} must be {expected}; got {value!r}.")
 
-    for option in ("num_classes", "in_channels", "groups", "width_per_group", "stem_width"):
+    counts = (
+        "num_classes",
+        "in_channels",
+        "groups",
+        "width_per_group",
+        "stem_width",
+        "width_factor",
+    )
+    for option in counts:
         if option in options and not _positive_int(options[option]):
             raise bad(option, options[option], "a positive integer")
     widths = options.get("widths")

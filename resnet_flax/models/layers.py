@@ -1,8 +1,9 @@
-"""The building blocks every model uses: one conv factory, one BatchNorm, pooling.
+"""The building blocks every model uses: one conv factory, one norm factory, pooling.
 
-Every convolution in the package is made by :func:`conv`, every normalisation by
-:class:`BatchNorm` and every max pooling by :func:`max_pool`, so an implementation is swapped
-in one place: each takes ``impl``, the name of a registered set of :class:`Kernels`.
+Every convolution in the package is made by :func:`conv`, every normalisation by :func:`norm`
+(:class:`BatchNorm` or :class:`GroupNorm`) and every max pooling by :func:`max_pool`, so an
+implementation is swapped in one place: each takes ``impl``, the name of a registered set of
+:class:`Kernels`.
 
 - ``"plain"`` (here): the textbook formulations, differentiated by autodiff.
 - ``"cpu"``: registered by :mod:`resnet_flax.cpu` (which this package never imports), the
@@ -14,6 +15,7 @@ in one place: each takes ``impl``, the name of a registered set of :class:`Kerne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.dtypes import promote_dtype
 
 Dtype = Any
 Impl = str  # "auto", "plain" or the name of registered kernels, e.g. "cpu"
@@ -100,6 +103,7 @@ def conv(
     use_bias: bool = False,
     dtype: Dtype = jnp.float32,
     kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
+    standardize: float | None = None,
     impl: Impl = "auto",
     name: str | None = None,
 ) -> nn.Conv:
@@ -108,9 +112,12 @@ def conv(
     Padding is explicit and symmetric, as torch pads (XLA's ``'SAME'`` pads stride-2 layers
     asymmetrically and cannot take torchvision weights). ``padding=None`` means
     ``dilation * (kernel_size - 1) // 2``, torchvision's choice for every conv it makes.
+    ``standardize``: weight standardisation with this epsilon (timm's ``StdConv2d``, see
+    :class:`StandardizedKernel`); ``None``, a plain conv.
     """
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
+    extra = {} if standardize is None else {"promote_dtype": StandardizedKernel(standardize)}
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
@@ -124,7 +131,30 @@ def conv(
         bias_init=nn.initializers.zeros,
         conv_general_dilated=kernels(impl).conv_general_dilated,
         name=name,
+        **extra,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardizedKernel:
+    """Weight standardisation (Qiao et al. 2019; BiT's and timm's ``StdConv2d``) as an
+    ``nn.Conv`` ``promote_dtype``: each output channel's kernel shifted to zero mean and scaled
+    to unit biased variance, ``(w - mean) / sqrt(var + epsilon)``, every time the conv runs.
+
+    It runs in float32 on the stored kernel, before the cast to the conv's dtype, so a bf16
+    conv standardises the full-precision weights. The stored parameter stays the raw kernel
+    (timm's ``weight``), so weights convert as for any conv.
+    """
+
+    epsilon: float
+
+    def __call__(self, inputs, kernel, bias, dtype=None):
+        k = kernel.astype(jnp.float32)
+        axes = tuple(range(k.ndim - 1))  # HWIO: all but the output channels
+        mean = jnp.mean(k, axes, keepdims=True)
+        var = jnp.mean(jnp.square(k - mean), axes, keepdims=True)
+        k = ((k - mean) * jax.lax.rsqrt(var + self.epsilon)).astype(kernel.dtype)
+        return promote_dtype(inputs, k, bias, dtype=dtype)
 
 
 class BatchNorm(nn.Module):
@@ -196,6 +226,39 @@ class GroupNorm(nn.Module):
         var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
         y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         return (y * scale + bias).astype(self.dtype)
+
+
+def norm(
+    kind: str = "batch",
+    *,
+    axis_name: str | None = None,
+    dtype: Dtype = jnp.float32,
+    impl: Impl = "auto",
+) -> Callable[..., nn.Module]:
+    """The one norm factory: ``norm(kind, ...)(name=..., scale_init=...)`` makes a
+    :class:`BatchNorm` (``"batch"``) or a :class:`GroupNorm` (``"group"``), both called as
+    ``(x, train)``. ``axis_name`` and ``impl`` concern BatchNorm only."""
+    if kind == "group":
+        return functools.partial(GroupNorm, dtype=dtype)
+    if kind == "batch":
+        return functools.partial(BatchNorm, axis_name=axis_name, dtype=dtype, impl=impl)
+    raise ValueError(f"norm_layer must be 'batch' or 'group', not {kind!r}")
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """timm's ``DropPath`` (stochastic depth) on a residual branch ``x`` inside ``module``: in
+    training each example's branch is zeroed with probability ``rate`` and the kept ones
+    scaled by 1 / (1 - rate) (needs a ``'dropout'`` rng); the identity in evaluation."""
+    if not train or rate == 0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
+    return x * (mask / keep).astype(x.dtype)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """timm's channel rounding: the nearest multiple of ``divisor``, at least ``divisor``."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
 def statistics_count(x: jax.Array, axis_name: str | None) -> int:

@@ -21,12 +21,14 @@ from resnet_flax.models.resnet import (
     PreActBottleneck,
     ResNet,
 )
+from resnet_flax.models.resnetv2 import ResNetV2
 from resnet_flax.models.vgg import CFGS, VGG
 
 _CIFAR = dict(stem="cifar", widths=(16, 32, 64), stem_width=16, shortcut="zero_pad", num_classes=10)
 _CIFAR_STEM = dict(stem="cifar", num_classes=10)
 _RESNET_D = dict(stem="deep", stem_width=32, shortcut="avg_pool")  # deep stem, avg_down
 _RESNET_RS = dict(_RESNET_D, stem_pool="conv", attn_layer="se", se_ratio=0.25)
+_BIT = dict(stem_pool="fixed", norm_layer="group", standardize=1e-8)  # GroupNorm + StdConv
 
 # name -> (module class, fixed architecture arguments). Options a user may pass are the
 # module's remaining fields (see ``model_options``).
@@ -130,12 +132,19 @@ _TIMM: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
         ResNet,
         dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), attn_layer="eca", **_RESNET_D),
     ),
+    # timm's ResNetV2 (pre-activation, its own layout): BatchNorm, and BiT
+    "resnetv2_50": (ResNetV2, dict(stage_sizes=(3, 4, 6, 3), norm_layer="batch")),
+    "resnetv2_101": (ResNetV2, dict(stage_sizes=(3, 4, 23, 3), norm_layer="batch")),
+    "resnetv2_50x1_bit": (ResNetV2, dict(stage_sizes=(3, 4, 6, 3), **_BIT)),
+    "resnetv2_101x1_bit": (ResNetV2, dict(stage_sizes=(3, 4, 23, 3), **_BIT)),
 }
 
 
-# timm's default zero_init_last=True is torchvision's zero_init_residual: on for timm's names.
+# timm's zero_init_last is torchvision's zero_init_residual: timm's default (True for its
+# ResNets, False for ResNetV2) on timm's names.
 _REGISTRY |= {
-    name: (cls, fixed | {"zero_init_residual": True}) for name, (cls, fixed) in _TIMM.items()
+    name: (cls, fixed | {"zero_init_residual": cls is ResNet})
+    for name, (cls, fixed) in _TIMM.items()
 }
 
 # The names whose architecture is timm's own (tests/test_parity.py compares them with timm).

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from resnet_flax.models.attention import Attention, attention
 from resnet_flax.models.checks import check_images, check_options
-from resnet_flax.models.layers import BatchNorm, GroupNorm, Impl, conv, max_pool, torch_linear_init
+from resnet_flax.models.layers import Impl, conv, drop_path, max_pool, torch_linear_init
+from resnet_flax.models.layers import norm as make_norm
 
 ModuleDef = Any
 Shortcut = Literal["projection", "avg_pool", "zero_pad"]
@@ -72,7 +73,7 @@ class BasicBlock(Block):
         out = nn.relu(self.norm(name="bn1")(out, train))
         out = c(self.planes, 3, name="conv2")(out)
         out = self.norm(name="bn2", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
-        out = _drop_path(self, _attend(self, out), train)
+        out = drop_path(self, _attend(self, out), self.drop_path, train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -92,7 +93,7 @@ class Bottleneck(Block):
         out = nn.relu(self.norm(name="bn2")(out, train))
         out = c(self.planes * self.expansion, 1, name="conv3")(out)
         out = self.norm(name="bn3", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
-        out = _drop_path(self, _attend(self, out), train)
+        out = drop_path(self, _attend(self, out), self.drop_path, train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -137,17 +138,6 @@ class PreActBottleneck(Block):
 def _attend(block: Block, out: jax.Array) -> jax.Array:
     module = attention(block.attn, out.shape[-1], block.se_ratio, block.dtype, block.impl)
     return out if module is None else module(out)
-
-
-def _drop_path(block: Block, out: jax.Array, train: bool) -> jax.Array:
-    """timm's ``DropPath``: in training, each example's residual branch is zeroed with
-    probability ``drop_path`` and the kept ones scaled by 1 / (1 - p) (needs a ``'dropout'``
-    rng); the identity in evaluation."""
-    if not train or block.drop_path == 0:
-        return out
-    keep = 1.0 - block.drop_path
-    mask = jax.random.bernoulli(block.make_rng("dropout"), keep, (out.shape[0], 1, 1, 1))
-    return out * (mask / keep).astype(out.dtype)
 
 
 def _last_bn_init(zero: bool) -> Callable:
@@ -242,10 +232,9 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_options(self)
         check_images(x, type(self).__name__, self.in_channels)
-        if self.norm_layer == "group":
-            norm = partial(GroupNorm, dtype=self.dtype)
-        else:
-            norm = partial(BatchNorm, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl)
+        norm = make_norm(
+            self.norm_layer, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl
+        )
         preact = self.block.preact
         if preact and (self.attn_layer is not None or self.drop_path_rate):
             raise ValueError(
@@ -277,7 +266,7 @@ class ResNet(nn.Module):
         self.sow("intermediates", "stem", x)
 
         dilate = self.replace_stride_with_dilation or [False] * (len(self.stage_sizes) - 1)
-        dilation, block_index, num_blocks = 1, 0, sum(self.stage_sizes)
+        dilation, block_index, total_blocks = 1, 0, sum(self.stage_sizes)
         for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stride, previous_dilation = (1 if i == 0 else 2), dilation
             if i > 0 and dilate[i - 1]:
@@ -297,7 +286,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     attn=self.attn_layer,
                     se_ratio=self.se_ratio,
-                    drop_path=self.drop_path_rate * block_index / max(num_blocks - 1, 1),
+                    drop_path=self.drop_path_rate * block_index / max(total_blocks - 1, 1),
                     dtype=self.dtype,
                     impl=self.impl,
                     name=f"layer{i + 1}_{j}",
