@@ -140,11 +140,23 @@ def test_tags_and_torchvision_enum_names():
     assert hub.resolve("ResNet50_Weights.DEFAULT", "resnet50").tag == "IMAGENET1K_V2"
     assert hub.resolve("DEFAULT", "vgg16").tag == "IMAGENET1K_V1"  # not the features-only
     assert "vgg16.tv_features" in resnet_flax.list_pretrained()
+    # torchvision's architectures carry timm's weights too, by suffix or tag
+    assert hub.resolve("a1_in1k", "resnet50").hf_hub_id == "timm/resnet50.a1_in1k"
+    assert hub.resolve("resnet50.a1_in1k").transforms().crop_size == 224
+    assert hub.resolve("tv_in1k", "resnet50").file_name == "resnet50-0676ba61.pth"
+    assert (
+        hub.resolve("DEFAULT", "resnetv2_50x1_bit").tag == "resnetv2_50x1_bit.goog_distilled_in1k"
+    )
+    with pytest.raises(hub.WeightsError, match=r"Valid: IMAGENET1K_V1, IMAGENET1K_V2, tv_in1k, "
+                       r"tv2_in1k, a1_in1k, .*ram_in1k, DEFAULT"):  # fmt: skip
+        hub.resolve("IMAGENET1K_V3", "resnet50")
     with pytest.raises(hub.WeightsError, match=r"Did you mean .*'resnet50.tv2_in1k'"):
         hub.resolve("resnet50.tv3_in1k")
     with pytest.raises(hub.WeightsError, match=r"unknown weights 'IMAGENET1K_V3' for resnet50"):
         hub.resolve("IMAGENET1K_V3", "resnet50")
-    with pytest.raises(hub.WeightsError, match=r"publishes no weights for 'resnet20'"):
+    with pytest.raises(
+        hub.WeightsError, match=r"neither torchvision nor timm publishes weights for 'resnet20'"
+    ):
         resnet_flax.create_model("resnet20", weights="DEFAULT")
     with pytest.raises(ValueError, match=r"unknown model 'resnet5'"):
         resnet_flax.create_model("resnet5", weights="DEFAULT")

@@ -97,6 +97,33 @@ def test_weights_table_is_torchvisions() -> None:
             assert (w.top1, w.top5) == tuple(e.meta["_metrics"]["ImageNet-1K"].values())
 
 
+def test_timm_table_is_timms() -> None:
+    """Every timm tag of a model we build (but timm's copies of torchvision's files and
+    backbones without a head) is in the table, with timm's preprocessing and class count."""
+    timm = pytest.importorskip("timm", reason="compares with timm's pretrained configs")
+    from resnet_flax.io.weights import TIMM_WEIGHTS
+
+    expected = {
+        tag
+        for name in (*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS)
+        for tag in timm.list_pretrained(name + ".*")
+        if tag.split(".")[0] == name
+        and tag.split(".")[1] not in ("tv_in1k", "tv2_in1k")
+        and timm.models.get_pretrained_cfg(tag).num_classes
+    }
+    assert {w.tag for w in TIMM_WEIGHTS} == expected
+    for w in TIMM_WEIGHTS:
+        c = timm.models.get_pretrained_cfg(w.tag)
+        test_size = c.test_input_size[-1] if c.test_input_size else None
+        assert (w.image_size, w.crop_pct, w.test_size, w.test_crop_pct) == (
+            c.input_size[-1], c.crop_pct, test_size, c.test_crop_pct
+        ), w.tag  # fmt: skip
+        assert (w.interpolation, w.mean, w.std, w.num_classes) == (
+            c.interpolation, tuple(c.mean), tuple(c.std), c.num_classes
+        ), w.tag  # fmt: skip
+        assert w.top1 is None or 60 < w.top1 < 90 and w.top1 < w.top5 < 100, w.tag
+
+
 def test_identify_by_file_name() -> None:
     v2 = identify(Path("/home/me/.cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"))
     assert (v2.model, v2.tag, v2.resize_size, v2.crop_size) == (
@@ -409,11 +436,19 @@ def test_sixteen_bit_images_keep_their_values(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "tag", ["resnet50d.a1_in1k", "resnet18d.ra4_e3600_r224_in1k", "resnetrs50.tf_in1k"]
+    "tag",
+    [
+        "resnet50d.a1_in1k",
+        "resnet18d.ra4_e3600_r224_in1k",
+        "resnetrs50.tf_in1k",
+        "resnet50.a1h_in1k",
+        "resnetv2_50x1_bit.goog_in21k_ft_in1k",
+    ],
 )
 def test_timm_entries_transform_as_timm_does(images, tag) -> None:
     """Each timm entry's transforms() (and at its test size) against timm's create_transform
-    on the resolved config: bicubic, crop_pct 0.95, 0.9 and 0.91, the mean/std they carry."""
+    on the resolved config: bicubic at crop_pct 0.95, 0.9, 0.91 and 0.9 (176 px), BiT's
+    bilinear 448 px at crop_pct 1.0, with the mean/std they carry."""
     timm = pytest.importorskip("timm", reason="needs timm")
     from timm.data import create_transform, resolve_data_config
 

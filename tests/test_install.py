@@ -35,6 +35,7 @@ ROUND_TRIP = textwrap.dedent(
     a = model.apply(variables, x, train=False)
     b = back.apply(loaded, x, train=False)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "resnet50.a1_in1k" in resnet_flax.list_pretrained()  # the timm table's data file
     print("round trip ok", resnet_flax.cpu.kernels.__name__)
     """
 )
@@ -71,7 +72,8 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     top_level = {name.split("/")[0] for name in names if not name.startswith("resnet_flax-")}
     assert top_level == {"resnet_flax"}, "no generic top-level names in site-packages"
     for shipped in ("resnet_flax/train/data/stream.py", "resnet_flax/train/configs/_base.py",
-                    "resnet_flax/inference/imagenet_classes.txt"):  # fmt: skip
+                    "resnet_flax/inference/imagenet_classes.txt",
+                    "resnet_flax/io/timm_weights.csv"):  # fmt: skip
         assert shipped in names
 
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)

@@ -61,43 +61,38 @@ def list_pretrained() -> list[str]:
 
 
 def resolve(weights: str, model: str | None = None) -> Entry:
-    """The entry a tag names: ``resnet50.tv2_in1k``, ``resnet50d.a1_in1k``; with ``model``,
-    torchvision's enum name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``,
-    ``DEFAULT``: the newest) or a timm tag's suffix (``a1_in1k``; ``DEFAULT``: timm's first)."""
-    if model is not None and f"{model}.{weights}" in _TIMM_BY_TAG:
-        return _TIMM_BY_TAG[f"{model}.{weights}"]
+    """The entry a tag names: ``resnet50.tv2_in1k``, ``resnet50.a1_in1k``; with ``model``,
+    a tag's suffix too (``tv2_in1k``, ``a1_in1k``) or torchvision's enum name
+    (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``). ``DEFAULT`` is torchvision's
+    newest for its models (as ``weights="DEFAULT"`` in torchvision), else timm's first."""
     found = _BY_TAG.get(weights) or _TIMM_BY_TAG.get(weights)
+    if found is None and model is not None:
+        found = _BY_TAG.get(f"{model}.{weights}") or _TIMM_BY_TAG.get(f"{model}.{weights}")
     if found is not None:
         if model is not None and found.model != model:
             raise WeightsError(f"weights {weights!r} are {found.model}'s, not {model}'s.")
         return found
+    if model is None:
+        raise WeightsError(
+            f"unknown weights tag {weights!r}.{did_you_mean(weights, list_pretrained())} Tags "
+            f"look like 'resnet50.tv2_in1k' or 'resnet50.a1_in1k' (resnet_flax.list_pretrained())."
+        )
     enum = weights.rsplit(".", 1)[-1]
-    timm_entries = [w for w in TIMM_WEIGHTS if w.model == model]
-    if timm_entries:
-        if enum == "DEFAULT":
-            return timm_entries[0]
-        valid = [w.tag.split(".", 1)[1] for w in timm_entries]
-        raise WeightsError(
-            f"unknown weights {weights!r} for {model}.{did_you_mean(weights, valid)} "
-            f"Valid: {', '.join(valid)}, DEFAULT."
-        )
-    if model is not None:
-        entries = [w for w in WEIGHTS if w.model == model]
-        if not entries:
-            raise WeightsError(f"torchvision publishes no weights for {model!r}.")
-        if enum == "DEFAULT":
-            return next(w for w in reversed(entries) if not w.features_only)
-        for entry in entries:
-            if entry.tag == enum:
-                return entry
-        valid = [w.tag for w in entries] + [tag_of(w) for w in entries]
-        raise WeightsError(
-            f"unknown weights {weights!r} for {model}.{did_you_mean(enum, valid)} "
-            f"Valid: {', '.join(valid)}, DEFAULT."
-        )
+    torchvision = [w for w in WEIGHTS if w.model == model]
+    timm = [w for w in TIMM_WEIGHTS if w.model == model]
+    if not torchvision and not timm:
+        raise WeightsError(f"neither torchvision nor timm publishes weights for {model!r}.")
+    if enum == "DEFAULT":
+        newest = [w for w in torchvision if not w.features_only]
+        return newest[-1] if newest else timm[0]
+    for entry in torchvision:
+        if entry.tag == enum:
+            return entry
+    suffixes = [tag_of(w) for w in torchvision] + [w.tag for w in timm]
+    valid = [w.tag for w in torchvision] + [tag.split(".", 1)[1] for tag in suffixes]
     raise WeightsError(
-        f"unknown weights tag {weights!r}.{did_you_mean(weights, list_pretrained())} Tags look "
-        f"like 'resnet50.tv2_in1k' or 'resnet50d.a1_in1k' (resnet_flax.list_pretrained())."
+        f"unknown weights {weights!r} for {model}.{did_you_mean(enum, valid)} "
+        f"Valid: {', '.join(valid)}, DEFAULT."
     )
 
 

@@ -15,9 +15,12 @@ pretrained configs by ``scripts/timm_weights.py``): each on the Hugging Face hub
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import os
+from importlib import resources
 
 from resnet_flax.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
@@ -233,7 +236,11 @@ class TimmWeights:
     """One timm weights entry (``resnet50d.a1_in1k``) and its evaluation settings, as timm's
     ``resolve_data_config`` gives them: input ``image_size``, ``crop_pct`` (the image is resized
     to ``floor(image_size / crop_pct)``, then centre-cropped), interpolation, mean and std, and
-    the larger ``test_size`` (with ``test_crop_pct``) timm reports its best accuracy at."""
+    the larger ``test_size`` (with ``test_crop_pct``) timm reports its best accuracy at.
+
+    ``top1``/``top5`` are timm's ImageNet-1k validation accuracies (percent, from its
+    ``results-imagenet.csv``) at ``test_size`` where there is one, else at ``image_size``;
+    ``None`` where timm lists none (ImageNet-21k heads, the newest entries)."""
 
     tag: str
     image_size: int
@@ -244,6 +251,8 @@ class TimmWeights:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 1000
+    top1: float | None = None
+    top5: float | None = None
     features_only: bool = False  # as WeightsInfo: every timm entry has its classifier
 
     @property
@@ -265,48 +274,20 @@ class TimmWeights:
         )
 
 
-TIMM_WEIGHTS: tuple[TimmWeights, ...] = (
-    TimmWeights("resnet26.bt_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("resnet18d.ra2_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights(
-        "resnet18d.ra4_e3600_r224_in1k",
-        224,
-        0.9,
-        test_size=288,
-        test_crop_pct=1.0,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    ),
-    TimmWeights("resnet26d.bt_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("resnet34d.ra2_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("resnet50d.a1_in1k", 224, 0.95, test_size=288, test_crop_pct=1.0),
-    TimmWeights("resnet50d.a2_in1k", 224, 0.95, test_size=288, test_crop_pct=1.0),
-    TimmWeights("resnet50d.a3_in1k", 160, 0.95, test_size=224, test_crop_pct=0.95),
-    TimmWeights("resnet50d.gluon_in1k", 224, 0.875),
-    TimmWeights("resnet50d.ra2_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights(
-        "resnet50d.ra4_e3600_r224_in1k",
-        224,
-        0.95,
-        test_size=288,
-        test_crop_pct=1.0,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    ),
-    TimmWeights("resnet101d.gluon_in1k", 224, 0.875),
-    TimmWeights("resnet101d.ra2_in1k", 256, 0.95, test_size=320, test_crop_pct=1.0),
-    TimmWeights("resnet152d.gluon_in1k", 224, 0.875),
-    TimmWeights("resnet152d.ra2_in1k", 256, 0.95, test_size=320, test_crop_pct=1.0),
-    TimmWeights("seresnet50.a1_in1k", 224, 0.95, test_size=288, test_crop_pct=1.0),
-    TimmWeights("seresnet50.a2_in1k", 224, 0.95, test_size=288, test_crop_pct=1.0),
-    TimmWeights("seresnet50.a3_in1k", 160, 0.95, test_size=224, test_crop_pct=0.95),
-    TimmWeights("seresnet50.ra2_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("seresnext50_32x4d.gluon_in1k", 224, 0.875),
-    TimmWeights("seresnext50_32x4d.racm_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("seresnext101_32x8d.ah_in1k", 224, 0.95, test_size=288, test_crop_pct=1.0),
-    TimmWeights("ecaresnet50d.miil_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-    TimmWeights("resnetrs50.tf_in1k", 160, 0.91, test_size=224),
-    TimmWeights("resnetrs101.tf_in1k", 192, 0.94, test_size=288),
-    TimmWeights("resnet50_gn.a1h_in1k", 224, 0.94, test_size=288, test_crop_pct=0.95),
-    TimmWeights("ecaresnet101d.miil_in1k", 224, 0.875, test_size=288, test_crop_pct=0.95),
-)
+def _read_timm_weights() -> tuple[TimmWeights, ...]:
+    """The rows of ``timm_weights.csv`` (written by ``scripts/timm_weights.py``; an empty field
+    is the field's default)."""
+    text = resources.files("resnet_flax.io").joinpath("timm_weights.csv").read_text("utf-8")
+    kinds = {f.name: f.type for f in dataclasses.fields(TimmWeights)}
+
+    def parse(name: str, text: str) -> object:
+        kind = kinds[name]
+        if "tuple" in kind:
+            return tuple(float(v) for v in text.split())
+        return int(text) if "int" in kind else float(text) if "float" in kind else text
+
+    rows = csv.DictReader(io.StringIO(text))
+    return tuple(TimmWeights(**{k: parse(k, v) for k, v in row.items() if v}) for row in rows)
+
+
+TIMM_WEIGHTS: tuple[TimmWeights, ...] = _read_timm_weights()
