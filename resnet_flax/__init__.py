@@ -1,12 +1,13 @@
-"""resnet-flax: torchvision's ResNet and VGG families (and timm's ResNet-D) in pure-functional
-Flax.
+"""resnet-flax: torchvision's ResNet and VGG families and timm's ResNet family (ResNet-D, SE,
+ECA, ResNet-RS, ResNetV2 and BiT) in pure-functional Flax.
 
 Build (``create_model``, with ``weights=`` a tag or torchvision's enum name: the model and its
-published weights), fetch weights by tag (``load_pretrained``, ``list_pretrained``), import and
-export torchvision weights (``load_torchvision``, ``export_torchvision``, ``save_torchvision``),
-preprocess like torchvision (``preprocess``), inspect (``summary``), use as a backbone
-(``extract_features``), run inference with BatchNorm folded into the convolutions
-(``fold_batch_norm``), and use any model as an NNX module (``to_nnx``, ``to_linen_variables``).
+published weights), fetch torchvision's and timm's weights by tag (``load_pretrained``,
+``list_pretrained``), import and export torchvision (and timm) weights (``load_torchvision``,
+``export_torchvision``, ``save_torchvision``), preprocess like torchvision (``preprocess``),
+inspect (``summary``), use as a backbone (``extract_features``), run inference with BatchNorm
+folded into the convolutions (``fold_batch_norm``), and use any model as an NNX module
+(``to_nnx``, ``to_linen_variables``).
 
 The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, plugged in behind
 the models' factories), ``io`` (weights in and out), ``inference`` and ``train``; see

@@ -215,7 +215,15 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
     variables = init_variables(resnet_flax.create_model("resnet18d"), 32)
     write_safetensors(tmp_path / "model.safetensors", export_torchvision("resnet18d", variables))
     route = "/timm/resnet18d.ra2_in1k/resolve/main/model.safetensors"
-    _HuggingFace.files = {route: (tmp_path / "model.safetensors").read_bytes()}
+    plain = init_variables(resnet_flax.create_model("resnet18"), 32, seed=1)
+    write_safetensors(tmp_path / "plain.safetensors", export_torchvision("resnet18", plain))
+    _HuggingFace.files = {
+        route: (tmp_path / "model.safetensors").read_bytes(),
+        # timm's weights for torchvision's architecture
+        "/timm/resnet18.a1_in1k/resolve/main/model.safetensors": (
+            tmp_path / "plain.safetensors"
+        ).read_bytes(),
+    }
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
@@ -228,6 +236,8 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         _, again = resnet_flax.create_model("resnet18d", weights="DEFAULT")  # timm's first
         _assert_same(again, variables)
         assert list((tmp_path / "hf").rglob("model.safetensors"))  # in huggingface_hub's cache
+        _, timms = resnet_flax.create_model("resnet18", weights="a1_in1k")
+        _assert_same(timms, plain)
         transform = hub.resolve("resnet18d.ra2_in1k").transforms()
         assert (transform.resize_size, transform.crop_size) == (256, 224)  # 224 / 0.875
         assert transform.interpolation == "bicubic"

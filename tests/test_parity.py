@@ -129,3 +129,25 @@ def test_parameter_count(name: str) -> None:
     with torch.device("meta"):
         theirs = sum(p.numel() for p in _reference(name)[1]().parameters())
     assert ours == theirs
+
+
+@pytest.mark.parametrize("name", ["resnetv2_101x1_bit"])
+def test_float32_error_is_the_references_own(name: str, parity) -> None:
+    """Where the bound is loosest (a Flax-initialised BiT: GroupNorm weights of 1 let the
+    residual stream grow over 33 blocks), timm in float64 is the reference: ours is as far
+    from it as timm's own float32 is (measured: resnetv2_101x1_bit 2.9e-05 against timm's
+    3.0e-05)."""
+    timm = pytest.importorskip("timm", reason="timm parity needs timm")
+    model = resnet_flax.create_model(name)
+    x = np.random.default_rng(0).standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
+    variables = jax.jit(lambda: model.init(jax.random.key(1), x[:1], train=False))()
+    reference = timm.create_model(name, pretrained=False).eval()
+    reference.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in export_torchvision(name, variables).items()}
+    )
+    with torch.no_grad(), jax.default_matmul_precision("highest"):
+        ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))
+        theirs = reference(parity.nchw(x)).numpy()
+        exact = reference.double()(parity.nchw(x).double()).numpy()
+    ours_err, theirs_err = parity.rel_err(ours, exact), parity.rel_err(theirs, exact)
+    assert ours_err <= 1.5 * theirs_err + 1e-6, f"{name}: {ours_err:.2e} vs timm's {theirs_err:.2e}"
