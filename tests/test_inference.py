@@ -465,6 +465,18 @@ def test_timm_entries_transform_as_timm_does(images, tag) -> None:
         np.testing.assert_array_equal(entry.transforms(test)(images), theirs)
 
 
+def test_preprocess_takes_a_weights_tag(images) -> None:
+    from resnet_flax.io.hub import resolve
+
+    for tag in ("resnet50.tv2_in1k", "resnet50.a1_in1k"):
+        expected = resolve(tag).transforms()(images)
+        np.testing.assert_array_equal(preprocess(images, weights=tag), expected)
+    with pytest.raises(ValueError, match="weights= or the transform's settings, not both"):
+        preprocess(images, 232, weights="resnet50.tv2_in1k")
+    with pytest.raises(ValueError, match="unknown weights tag 'resnet50.a9_in1k'"):
+        preprocess(images, weights="resnet50.a9_in1k")
+
+
 def test_bilinear_crop_pct_is_timms_transform(images) -> None:
     pytest.importorskip("timm", reason="needs timm")
     from timm.data import create_transform

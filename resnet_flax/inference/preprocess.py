@@ -116,12 +116,23 @@ def preprocess(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str = "bilinear",
+    *,
+    weights: str | None = None,
 ) -> np.ndarray:
     """A float32 NHWC batch from PIL images or image files, as torchvision's eval transforms.
 
     Equals ``Compose([Resize(resize_size), CenterCrop(crop_size), ToTensor(),
     Normalize(mean, std)])`` (and ``weights.transforms()``) on PIL input, transposed to NHWC.
+    ``weights``: a weights tag (``"resnet50.tv2_in1k"``, ``"resnet50.a1_in1k"``) whose
+    evaluation transform to apply instead of the settings.
     """
+    if weights is not None:
+        from resnet_flax.io.hub import resolve  # (io imports this module)
+
+        given = (resize_size, crop_size, tuple(mean), tuple(std), interpolation)
+        if given != (256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"):
+            raise ValueError("pass weights= or the transform's settings, not both")
+        return resolve(weights).transforms()(images)
     if interpolation not in _RESAMPLING:
         raise ValueError(
             f"unknown interpolation {interpolation!r}; choose one of {', '.join(_RESAMPLING)}"
