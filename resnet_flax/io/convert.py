@@ -49,8 +49,12 @@ _LEAF_TO_TORCH = {
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
     """The torchvision state_dict key of a Flax variable (``layer1_0`` -> ``layer1.0``)."""
     *modules, leaf = path
-    names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
-    return ".".join([*names, _LEAF_TO_TORCH[(collection, leaf)]])
+    return ".".join([*map(_torch_name, modules), _LEAF_TO_TORCH[(collection, leaf)]])
+
+
+def _torch_name(module: str) -> str:
+    """A Flax submodule's torch name: ``layer1_0`` -> ``layer1.0``."""
+    return re.sub(r"_(\d+)$", r".\1", module)
 
 
 def _to_flax(array: np.ndarray, leaf: str) -> np.ndarray:
@@ -162,8 +166,7 @@ def _is_head_kernel(path: Sequence[str], head: str) -> bool:
     ``head.fc.weight``, VGG's ``classifier.6.weight``)."""
     if path[0] == "params":
         return path[1] == head and path[-1] == "kernel"
-    head_key = re.sub(r"_(\d+)$", r".\1", head)
-    return ".".join(path).startswith(head_key + ".") and path[-1] == "weight"
+    return ".".join(path).startswith(_torch_name(head) + ".") and path[-1] == "weight"
 
 
 # (a key only the family's files have, what the family is, the registry names to try)
