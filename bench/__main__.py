@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from bench import contestants, loader
 from bench.timing import interleaved, median
 from resnet_flax.cpu import backend, onednn
-from resnet_flax.train.data.augment import augment_cifar
+from train.data.augment import augment_cifar
 
 SECTIONS = ("train", "eval", "loader", "stream", "augment")
 DEFAULT_SHAPES = "resnet18_cifar:128:32,resnet50:32:224"

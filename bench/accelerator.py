@@ -109,8 +109,8 @@ def steps(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cifar(args: argparse.Namespace) -> dict[str, Any]:
-    from resnet_flax.train.config import load_config, validate
-    from resnet_flax.train.loop import train_and_evaluate
+    from train.config import load_config, validate
+    from train.loop import train_and_evaluate
 
     config = load_config(args.cifar_config)
     config.update(dataset="folder", data_dir=str(Path(args.cifar_dir).absolute()),

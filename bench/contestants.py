@@ -25,13 +25,13 @@ import optax
 from bench import flax_example
 from resnet_flax import create_model, fold_batch_norm
 from resnet_flax.cpu import backend
-from resnet_flax.inference.preprocess import IMAGENET_MEAN as MEAN
-from resnet_flax.inference.preprocess import IMAGENET_STD as STD
+from resnet_flax.io.transforms import IMAGENET_MEAN as MEAN
+from resnet_flax.io.transforms import IMAGENET_STD as STD
 from resnet_flax.models.registry import init_variables
-from resnet_flax.train import parallel
-from resnet_flax.train.data.augment import normalize
-from resnet_flax.train.state import new_train_state
-from resnet_flax.train.step import make_train_step, train_metrics_zeros
+from train import parallel
+from train.data.augment import normalize
+from train.state import new_train_state
+from train.step import make_train_step, train_metrics_zeros
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 NORMALIZE = partial(normalize, mean=MEAN, std=STD, dtype=jnp.float32)  # uint8 -> float32

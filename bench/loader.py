@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resnet_flax.train.data.images import train_crop
+from train.data.images import train_crop
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
@@ -97,7 +97,7 @@ def stream_seconds(
 ) -> list[float]:
     """Seconds per ``batches`` batches of the trainer's streamed train pipeline, ``repeats``
     times after ``warmup`` rounds (which also start the workers)."""
-    from resnet_flax.train.data import make_stream
+    from train.data import make_stream
 
     stream = make_stream(
         "folder", str(root), "train", 224, train=True, global_batch_size=batch,

@@ -22,14 +22,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
-
-from resnet_flax.train.config import validate
-from resnet_flax.train.configs import _base
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_BOUND = 1e-4  # max |ours - torchvision| / max(1, max |torchvision|)
@@ -43,9 +40,14 @@ def compilation_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", previous)
 
 
-def make_tiny_config(check: bool = True, **overrides) -> ConfigDict:
-    """resnet20 at 16x16 on 128 digits: 4 steps per epoch, 2 epochs, 3 eval batches."""
-    config = _base.get_config()
+def make_tiny_config(check: bool = True, **overrides):
+    """resnet20 at 16x16 on 128 digits: 4 steps per epoch, 2 epochs, 3 eval batches.
+
+    The trainer is imported here, not at the top, so that the model, conversion and
+    inference tests need no more than the core install."""
+    from train.config import base_config, validate
+
+    config = base_config()
     config.update(
         name="tiny",
         model="resnet20",
@@ -68,7 +70,7 @@ def make_tiny_config(check: bool = True, **overrides) -> ConfigDict:
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> Callable[..., ConfigDict]:
+def tiny_config() -> Callable[..., Any]:
     return make_tiny_config
 
 
@@ -76,7 +78,7 @@ def tiny_config() -> Callable[..., ConfigDict]:
 def config_file(tmp_path) -> Callable[..., Path]:
     """``write(config, name="config.json") -> path``: a config as JSON, for a subprocess."""
 
-    def write(config: ConfigDict, name: str = "config.json") -> Path:
+    def write(config: Any, name: str = "config.json") -> Path:
         path = tmp_path / name
         path.write_text(config.to_json())
         return path

@@ -27,7 +27,7 @@ DEFAULT_BOUND = 5e-2
 
 
 def test_train_steps_and_evaluation(tmp_path, tiny_config):
-    from resnet_flax.train.loop import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     result = train_and_evaluate(tiny_config(max_steps=4, split_cpu_devices=False), tmp_path)
     assert result["step"] == 4 and np.isfinite(result["train"]["loss"])
@@ -35,7 +35,7 @@ def test_train_steps_and_evaluation(tmp_path, tiny_config):
 
 
 def test_bfloat16_step(tmp_path, tiny_config):
-    from resnet_flax.train.loop import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     config = tiny_config(max_steps=2, dtype="bfloat16", split_cpu_devices=False)
     result = train_and_evaluate(config, tmp_path)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from resnet_flax.train.checkpoint import (
+from train.checkpoint import (
     CheckpointError,
     Checkpoints,
     abstract_tree,
     load_variables,
     resolve,
 )
-from resnet_flax.train.parallel import make_mesh
+from train.parallel import make_mesh
 
 
 def small_tree(value: float) -> dict:
@@ -176,7 +176,7 @@ def test_resolve_accepts_workdir_directory_and_step(tmp_path):
 
 def eight_device_run(workdir: str, config_path: str) -> None:
     """The subprocess: 2 steps of the tiny loop config on 8 devices, params dumped."""
-    from resnet_flax.train.loop import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     assert jax.device_count() == 8
     config = ConfigDict(json.loads(Path(config_path).read_text()))
@@ -210,7 +210,7 @@ def test_eight_device_checkpoint_resumes_on_one(tmp_path, tiny_config, config_fi
         for path, value in leaves:
             np.testing.assert_array_equal(value, saved[jax.tree_util.keystr(path)])
     # and the run goes on from there on one device
-    from resnet_flax.train.loop import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     result = train_and_evaluate(tiny_config(max_steps=4), tmp_path)
     assert result["step"] == 4

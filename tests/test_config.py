@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import resnet_flax
-from resnet_flax.train import cli
-from resnet_flax.train.config import (
+from train import cli
+from train.config import (
     ConfigError,
     apply_overrides,
     list_configs,
@@ -133,7 +133,7 @@ def test_unknown_config_lists_and_suggests() -> None:
 def test_config_from_a_path(tmp_path: Path) -> None:
     path = tmp_path / "mine.py"
     path.write_text(
-        "from resnet_flax.train.configs import resnet20_cifar\n\n"
+        "from resnet_flax.configs import resnet20_cifar\n\n"
         "def get_config():\n"
         "    config = resnet20_cifar.get_config()\n"
         "    config.num_epochs = 3\n"
@@ -149,7 +149,7 @@ def test_config_from_a_path(tmp_path: Path) -> None:
 def test_config_file_with_a_typo_or_wrong_type(tmp_path: Path) -> None:
     typo = tmp_path / "typo.py"
     typo.write_text(
-        "from resnet_flax.train.configs import _base\n\n"
+        "from resnet_flax.configs import _base\n\n"
         "def get_config():\n"
         "    config = _base.get_config()\n"
         "    config.lerning_rate = 0.1\n"
@@ -159,7 +159,7 @@ def test_config_file_with_a_typo_or_wrong_type(tmp_path: Path) -> None:
         validate(load_config(str(typo)))
     wrong = tmp_path / "wrong.py"
     wrong.write_text(
-        "from resnet_flax.train.configs import _base\n\n"
+        "from resnet_flax.configs import _base\n\n"
         "def get_config():\n"
         "    config = _base.get_config()\n"
         "    config.batch_size = '128'\n"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_flax.train.data import (
+from train.data import (
     DataError,
     augment_cifar,
     crop_and_flip,
@@ -31,7 +31,7 @@ from resnet_flax.train.data import (
     normalize,
     stream_info,
 )
-from resnet_flax.train.data.images import eval_crop, random_resized_box, train_crop
+from train.data.images import eval_crop, random_resized_box, train_crop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESNET_FLAX_SHARED", REPO.parent / "shared"))
@@ -567,7 +567,7 @@ def test_error_messages(tmp_path):
 
 
 def test_default_worker_count_leaves_one_core_per_local_device(monkeypatch):
-    from resnet_flax.train.data import default_num_workers
+    from train.data import default_num_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert default_num_workers(1) == 15  # one GPU on a 16-core host

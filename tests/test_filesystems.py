@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from resnet_flax.io import paths
-from resnet_flax.train import cli
-from resnet_flax.train.checkpoint import CheckpointError, Checkpoints, load_variables
-from resnet_flax.train.parallel import make_mesh
+from train import cli
+from train.checkpoint import CheckpointError, Checkpoints, load_variables
+from train.parallel import make_mesh
 
 emulator = pytest.importorskip("gcp_storage_emulator.server")
 emulator_errors = pytest.importorskip("gcp_storage_emulator.exceptions")
@@ -126,7 +126,7 @@ def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, tmp_path, tiny_config
     assert cli.main(["--config", str(config), "--workdir", remote, "--eval_only"]) == 0
     assert (run / "eval_config.json").exists()
 
-    from resnet_flax.train.plot import plot
+    from train.plot import plot
 
     png = plot(remote)
     assert str(png) == f"{remote}/curves.png" and png.read_bytes()[:4] == b"\x89PNG"
@@ -143,8 +143,8 @@ def _upload(local: Path, remote: str) -> None:
 def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, tmp_path, monkeypatch):
     from PIL import Image
 
-    from resnet_flax.train.data import cifar, folder_arrays, sources
-    from resnet_flax.train.data.registry import Request
+    from train.data import cifar, folder_arrays, sources
+    from train.data.registry import Request
 
     monkeypatch.setenv("RESNET_FLAX_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
@@ -203,7 +203,7 @@ def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, tmp_path, mon
 
 
 def test_remote_path_errors_name_the_fix(gcs, tiny_config, monkeypatch):
-    from resnet_flax.train.config import ConfigError, validate
+    from train.config import ConfigError, validate
 
     with pytest.raises(paths.PathError, match=r"memory://.*use a local path or gs://"):
         paths.as_path("memory://run")

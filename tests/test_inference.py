@@ -17,9 +17,10 @@ from PIL import Image
 
 import resnet_flax
 from resnet_flax.inference.features import extract_features
-from resnet_flax.inference.preprocess import PRESETS, EvalTransform, imagenet_classes, preprocess
+from resnet_flax.inference.preprocess import imagenet_classes, preprocess
 from resnet_flax.inference.summary import summary
 from resnet_flax.io.convert import load_torchvision, save_torchvision
+from resnet_flax.io.transforms import PRESETS, EvalTransform
 from resnet_flax.io.weights import WEIGHTS, identify, weights_for
 from resnet_flax.models.registry import count_parameters
 
@@ -416,8 +417,8 @@ def test_sixteen_bit_images_keep_their_values(tmp_path) -> None:
     nearly all white; ours keeps the high byte, as OpenCV does on the training path."""
     import cv2
 
-    from resnet_flax.inference.preprocess import load_image
-    from resnet_flax.train.data.images import eval_crop
+    from resnet_flax.io.transforms import load_image
+    from train.data.images import eval_crop
 
     ramp = (np.arange(40 * 48).reshape(40, 48) * 34).astype(np.uint16)  # 0 .. 65246
     Image.fromarray(ramp).save(tmp_path / "deep.png")

@@ -71,7 +71,7 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.startswith("resnet_flax-")}
     assert top_level == {"resnet_flax"}, "no generic top-level names in site-packages"
-    for shipped in ("resnet_flax/train/data/stream.py", "resnet_flax/train/configs/_base.py",
+    for shipped in ("resnet_flax/train/data/stream.py", "resnet_flax/configs/_base.py",
                     "resnet_flax/inference/imagenet_classes.txt",
                     "resnet_flax/io/timm_weights.csv"):  # fmt: skip
         assert shipped in names

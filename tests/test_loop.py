@@ -20,11 +20,11 @@ import pytest
 
 from resnet_flax import create_model
 from resnet_flax.models.registry import init_variables
-from resnet_flax.train import loop
-from resnet_flax.train.checkpoint import Checkpoints, load_variables
-from resnet_flax.train.data import DataError, dataset_spec, load_arrays, normalize
-from resnet_flax.train.parallel import make_mesh
-from resnet_flax.train.state import pretrained_variables
+from train import loop
+from train.checkpoint import Checkpoints, load_variables
+from train.data import DataError, dataset_spec, load_arrays, normalize
+from train.parallel import make_mesh
+from train.state import pretrained_variables
 
 
 def records(workdir: Path) -> dict[tuple[str, int], dict]:
@@ -215,7 +215,7 @@ def test_a_second_trainer_on_a_workdir_is_refused(tmp_path, tiny_config):
     import subprocess
     import sys
 
-    from resnet_flax.train.lock import LOCK_FILE, WorkdirLocked
+    from train.lock import LOCK_FILE, WorkdirLocked
 
     def lock_held_by(pid: int) -> None:
         tmp_path.mkdir(exist_ok=True)

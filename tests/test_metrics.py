@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax.train import plot
-from resnet_flax.train.metrics import MetricsWriter, Progress, format_metrics
+from train import plot
+from train.metrics import MetricsWriter, Progress, format_metrics
 
 
 def _lines(path: Path) -> list[dict]:

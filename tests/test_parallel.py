@@ -21,8 +21,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from resnet_flax.cpu import onednn
-from resnet_flax.train import parallel
-from resnet_flax.train.data import ArrayDataset, epoch_permutation
+from train import parallel
+from train.data import ArrayDataset, epoch_permutation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_use_cpu_devices_warns_once_jax_has_started(monkeypatch):
 
 def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> list[int]:
     code = (
-        "import jax; from resnet_flax.train import parallel; "
+        "import jax; from train import parallel; "
         f"n = parallel.use_cpu_devices({args}); "
         "print(n, jax.device_count(), parallel.use_cpu_devices(64)); "
         "import os; print(os.environ.get('XLA_FLAGS'))"
@@ -157,8 +157,8 @@ def worker(mode: str, workdir: str, config_path: str) -> None:
     """
     import orbax.checkpoint as ocp
 
-    from resnet_flax.train import loop
-    from resnet_flax.train.checkpoint import load_variables
+    from train import loop
+    from train.checkpoint import load_variables
 
     config = ConfigDict(json.loads(Path(config_path).read_text()))
     if mode == "preempt":

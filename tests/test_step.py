@@ -23,11 +23,11 @@ from ml_collections import ConfigDict
 from resnet_flax import create_model
 from resnet_flax.models.registry import init_variables
 from resnet_flax.models.resnet import BasicBlock, ResNet
-from resnet_flax.train import parallel
-from resnet_flax.train.data import augment_cifar
-from resnet_flax.train.optim import decay_mask, make_optimizer, make_schedule
-from resnet_flax.train.state import new_train_state
-from resnet_flax.train.step import (
+from train import parallel
+from train.data import augment_cifar
+from train.optim import decay_mask, make_optimizer, make_schedule
+from train.state import new_train_state
+from train.step import (
     cross_entropy,
     eval_metrics_zeros,
     make_eval_step,

@@ -25,9 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from resnet_flax.inference.fold import fold_batch_norm
-from resnet_flax.inference.preprocess import PRESETS, EvalTransform, imagenet_classes
+from resnet_flax.inference.preprocess import imagenet_classes
 from resnet_flax.io import hub
 from resnet_flax.io.convert import load_torchvision
+from resnet_flax.io.transforms import PRESETS, EvalTransform
 from resnet_flax.io.weights import WeightsInfo, identify
 
 BATCH_SIZE = 16

@@ -22,7 +22,7 @@ import math
 import os
 from importlib import resources
 
-from resnet_flax.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from resnet_flax.io.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 URL_BASE = "https://download.pytorch.org/models/"
 

@@ -1,0 +1,19 @@
+"""Pre-activation ResNet-18 (CIFAR stem) on CIFAR-10.
+
+Model: He et al. 2016, "Identity Mappings in Deep Residual Networks". Recipe: the same as
+``resnet18_cifar``, kuangliu/pytorch-cifar's (which trains PreActResNet18 with it): SGD
+momentum 0.9, lr 0.1 at batch 128, weight decay 5e-4, cosine over 200 epochs, pad-4 crop + flip.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from . import resnet18_cifar
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Pre-activation ResNet-18 on CIFAR-10, 200 epochs."""
+    config = resnet18_cifar.get_config()
+    config.model = "preact_resnet18_cifar"
+    return config

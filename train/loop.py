@@ -1,0 +1,530 @@
+"""What the trainer runs: :func:`train_and_evaluate` and :func:`evaluate`.
+
+The loop is a function of the global step alone: the data position is the step, the
+in-memory shuffle is ``epoch_permutation(seed, epoch)`` and augmentation keys fold in the
+step, so a run resumed from a checkpoint (mid-epoch included) continues exactly as if it had
+never stopped; the on-device metric sums are checkpointed too.
+
+- Logging: every ``log_every_steps`` the metric sums are read (the only host sync), a
+  ``train`` line is written and checked for NaN/inf.
+- Evaluation at the end of every ``eval_every_epochs``-th epoch and of training.
+- Checkpoints every ``checkpoint_every_steps`` (0: every epoch), at evaluations, at the end,
+  at ``max_steps`` and on SIGTERM/SIGINT (saved at the next step boundary, then exit; a second
+  Ctrl-C aborts at once). ``max_steps`` stops the run as an interruption would: the same
+  command with a larger (or no) ``max_steps`` resumes it.
+- A NaN/inf loss or parameter stops training with :class:`TrainingDiverged`; that state is
+  never saved, so the last checkpoint is the last good one.
+- With ``split_cpu_devices`` (opt-in), a CPU-only host first splits the batch over several
+  CPU devices (:func:`resnet_flax.train.parallel.use_cpu_devices`).
+
+:func:`build` makes what both commands share from the config: the mesh, the data, the model
+(the one place ``sync_batch_norm`` is read) and the evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from resnet_flax.io import paths
+from resnet_flax.models.registry import create_model, init_variables, model_options
+
+from . import parallel
+from .checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    abstract_tree,
+    load_variables,
+    resolve,
+)
+from .data import (
+    ArrayDataset,
+    augment_cifar,
+    dataset_spec,
+    default_num_workers,
+    load_arrays,
+    normalize,
+    stream_info,
+)
+from .data.errors import require_dir
+from .lock import WorkdirLock
+from .metrics import MetricsWriter, Progress
+from .optim import make_optimizer, make_schedule
+from .state import new_train_state, pretrained_variables, shapes
+from .step import (
+    eval_metrics_zeros,
+    make_eval_step,
+    make_train_step,
+    train_metrics_zeros,
+)
+
+Input = parallel.ArrayInput | parallel.StreamInput
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the parameters became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------- data, model, eval
+
+
+def _data_dir(config: Any) -> str | None:
+    return config.data_dir or None
+
+
+def _load(config: Any, split: str) -> ArrayDataset | None:
+    """A split held in memory (host numpy arrays), or None for a streamed data set."""
+    if not dataset_spec(config.dataset).in_memory(config.image_size):
+        return None
+    return load_arrays(
+        config.dataset,
+        _data_dir(config),
+        split,
+        config.image_size,
+        num_classes=config.num_classes or None,
+        seed=config.seed,
+    )
+
+
+def _nbytes(*datasets: ArrayDataset | None) -> int:
+    return sum(d.images.nbytes + d.labels.nbytes for d in datasets if d is not None)
+
+
+def _input(
+    config: Any, mesh: Mesh, split: str, arrays: ArrayDataset | None, batch_size: int
+) -> Input:
+    """The split as an on-device :class:`ArrayInput` or a grain :class:`StreamInput`."""
+    if arrays is not None:
+        return parallel.ArrayInput(mesh, arrays, batch_size, config.seed)
+    args = dict(
+        dataset=config.dataset,
+        data_dir=_data_dir(config),
+        split=split,
+        image_size=config.image_size,
+        augment=config.augment,
+        seed=config.seed,
+        num_workers=(
+            config.num_workers
+            if config.num_workers >= 0
+            else default_num_workers(jax.local_device_count())
+        ),
+    )
+    info = stream_info(config.dataset, _data_dir(config), split)
+    return parallel.StreamInput(mesh, args, batch_size, info.size, info.num_classes)
+
+
+def check_before_run(config: Any) -> None:
+    """What can be checked before any data is read: a data set read from files has its
+    data_dir, and the batch sizes split over the devices (multi-process JAX started, as
+    :func:`_start` does). A split CPU (``split_cpu_devices``) is sized from the data, so its
+    batch sizes are checked once the data is in."""
+    spec = dataset_spec(config.dataset)
+    if spec.layout:
+        require_dir(_data_dir(config), f"dataset={config.dataset!r}", f"It holds {spec.layout}.")
+    if config.split_cpu_devices:
+        return
+    parallel.initialize_distributed(config.distributed)
+    _check_batch_sizes(config)
+
+
+def _check_batch_sizes(config: Any) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        parallel.check_batch_size(config[name], name)
+
+
+def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
+    """CPU devices, multi-process start-up, the mesh; the batch sizes checked against it."""
+    batch_sizes = (config.batch_size, config.eval_batch_size)
+    if config.split_cpu_devices:
+        parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
+    parallel.initialize_distributed(config.distributed)
+    mesh = parallel.make_mesh()
+    _check_batch_sizes(config)
+    return mesh
+
+
+def _model(config: Any, num_classes: int) -> nn.Module:
+    """The config's model; its BatchNorm statistics span the ``batch`` axis when
+    ``sync_batch_norm`` (the train step follows the model)."""
+    options = dict(num_classes=num_classes, dtype=jnp.dtype(config.dtype), **config.model_options)
+    if config.sync_batch_norm and "axis_name" in model_options(config.model):
+        options["axis_name"] = parallel.BATCH
+    return create_model(config.model, **options)
+
+
+@dataclasses.dataclass
+class Built:
+    """What a run is made of, built from its config the same way for training and for
+    ``--eval_only`` (which has no ``train_data``)."""
+
+    config: Any
+    mesh: Mesh
+    train_data: Input | None
+    eval_data: Input
+    num_classes: int
+    model: nn.Module
+
+    def normalize(self, images: jax.Array) -> jax.Array:
+        """uint8 images -> the model's input: the data set's mean/std, in ``config.dtype``."""
+        spec = dataset_spec(self.config.dataset)
+        return normalize(images, spec.mean, spec.std, jnp.dtype(self.config.dtype))
+
+    def init_variables(self, *, abstract: bool = False) -> dict[str, Any]:
+        """The model's initial variables, replicated (or their shapes, with ``abstract``)."""
+        config = self.config
+        sharding = parallel.replicated(self.mesh)
+        try:
+            return init_variables(
+                self.model, config.image_size, config.seed, abstract=abstract, sharding=sharding
+            )
+        except ValueError as error:  # the model's own input checks
+            raise ValueError(
+                f"image_size={config.image_size} with model {config.model}: {error}"
+            ) from None
+
+    @functools.cached_property
+    def eval_step(self) -> Callable:
+        return make_eval_step(
+            self.mesh,
+            self.model,
+            num_classes=self.num_classes,
+            normalize=self.normalize,
+            flip_tta=self.config.flip_tta,
+        )
+
+    def evaluate(self, variables: Any) -> dict[str, float]:
+        """Loss, accuracy (and top-5, where counted) over every example of the eval split."""
+        data = self.eval_data
+        sums = parallel.replicate(self.mesh, eval_metrics_zeros(self.num_classes))
+        for batch in data.eval_batches():
+            sums = self.eval_step(variables, sums, batch, data.data)
+        sums = jax.device_get(sums)
+        count = max(float(sums["count"]), 1.0)
+        result = {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+        if "correct5" in sums:
+            result["top5"] = float(sums["correct5"]) / count
+        return result
+
+
+def build(config: Any, *, train: bool = True) -> Built:
+    """The mesh, the data (the training split only when ``train``), the model and its
+    evaluation, from ``config``."""
+    train_arrays = _load(config, config.train_split) if train else None
+    eval_arrays = _load(config, config.eval_split)
+    mesh = _start(config, train_arrays, eval_arrays)
+    train_data = None
+    if train:
+        train_data = _input(config, mesh, config.train_split, train_arrays, config.batch_size)
+    eval_data = _input(config, mesh, config.eval_split, eval_arrays, config.eval_batch_size)
+    num_classes = config.num_classes or (train_data or eval_data).num_classes
+    model = _model(config, num_classes)
+    return Built(config, mesh, train_data, eval_data, num_classes, model)
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag (the loop saves and exits at a step boundary).
+
+    With several processes the signal may reach one of them only: each step every process
+    votes (:class:`parallel.AgreedFlag`) and all read the same outcome one step later, so
+    they stop after, and save, the same step.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._votes = parallel.AgreedFlag(mesh) if jax.process_count() > 1 else None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name}: saving a checkpoint at the next step, then exiting.", flush=True)
+        if signum == signal.SIGINT:  # a second Ctrl-C aborts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def stop(self) -> bool:
+        """Whether to stop after this step: the same answer on every process."""
+        if self._votes is None:
+            return self.signal is not None
+        return self._votes.vote(self.signal is not None)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class _Run:
+    """One training run: what is built from the config, and the loop over global steps."""
+
+    def __init__(self, config: Any, workdir: paths.Path) -> None:
+        self.config = config
+        self.built = built = build(config)
+        self.mesh, self.model, self.num_classes = built.mesh, built.model, built.num_classes
+        self.train_data = built.train_data
+        self.steps_per_epoch = self.train_data.steps_per_epoch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={config.batch_size} is larger than the {self.train_data.size} "
+                f"examples of {config.train_split!r}: lower batch_size."
+            )
+        self.total_steps = config.num_epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
+        self.schedule = make_schedule(config, self.steps_per_epoch)
+        variables = built.init_variables()  # before anything is written: the model may refuse
+        # After build(), which starts multi-process JAX: the lock asks which process this is.
+        self.lock = WorkdirLock(workdir)
+        self.lock.acquire()
+        try:
+            self._open(workdir, variables)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.result: dict[str, Any] = {"train": None, "eval": None}
+
+    def _open(self, workdir: paths.Path, variables: dict[str, Any]) -> None:
+        """Checkpoints (restored from, if any), the train step and the metrics writer."""
+        config, built = self.config, self.built
+        self.checkpoints = Checkpoints(
+            workdir / "checkpoints", keep=config.keep_checkpoints, keep_best=config.keep_best
+        )
+        self.state, self.sums, self.meta = self._initial_state(variables)
+        in_memory = self.train_data.data is not None
+        self.train_step = make_train_step(
+            self.mesh,
+            self.model,
+            num_classes=self.num_classes,
+            normalize=built.normalize,
+            augment=augment_cifar if config.augment and in_memory else None,
+            label_smoothing=config.label_smoothing,
+            seed=config.seed,
+        )
+        self.step = int(jax.device_get(self.state.step))
+        self.writer = MetricsWriter(workdir, resume_step=self.step or None)
+
+    def _initial_state(self, variables: dict[str, Any]):
+        """The latest checkpoint's state, else a fresh (or pretrained) one."""
+        config, mesh, replicated = self.config, self.mesh, parallel.replicated(self.mesh)
+        tx = make_optimizer(config, self.schedule, head=getattr(type(self.model), "head", None))
+        sums = parallel.replicate(mesh, train_metrics_zeros())
+        meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
+        resume = self.checkpoints.latest_step() is not None
+        if config.pretrained and not resume:
+            loaded = pretrained_variables(
+                config.pretrained,
+                config.model,
+                self.model,
+                jax.device_get(variables),
+                mesh,
+                **config.model_options,
+            )
+            variables = parallel.replicate(mesh, loaded)
+        state = new_train_state(self.model, variables, tx, replicated)
+        if not resume:
+            return state, sums, meta
+        target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
+        restored, meta, step = self.checkpoints.restore(target, quarantine=True)
+        self._check_resume(meta)
+        _say(f"resuming from step {step} of {self.total_steps} ({self.checkpoints.directory})")
+        return restored["train_state"], restored["metrics"], meta
+
+    def _check_resume(self, meta: dict[str, Any]) -> None:
+        """A checkpoint's data position only means the same with the same batches."""
+        config = self.config
+        if meta.get("batch_size", config.batch_size) != config.batch_size:
+            raise CheckpointError(
+                f"the checkpoint in this workdir was trained with batch_size="
+                f"{meta['batch_size']}; resume with that batch size, or use a new workdir."
+            )
+        if meta.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+            raise CheckpointError(
+                f"the checkpoint in this workdir had {meta['steps_per_epoch']} steps per epoch, "
+                f"this config has {self.steps_per_epoch}: the training split differs. Use a "
+                f"new workdir."
+            )
+
+    def train(self) -> dict[str, Any]:
+        config, interrupted, stopped_by = self.config, False, None
+        if self.step >= self.stop_step:
+            _say(f"already at step {self.step}: nothing to train (raise max_steps or num_epochs)")
+        progress = Progress(
+            self.stop_step, self.step, config.name or config.model, config.log_every_steps
+        )
+        self._window = (time.perf_counter(), self.step)  # throughput: (start, first step)
+        batches = self.train_data.train_batches(self.step)
+        try:
+            with _StopRequest(self.mesh) as stop_request:
+                while self.step < self.stop_step:
+                    self.state, self.sums = self.train_step(
+                        self.state, self.sums, next(batches), self.train_data.data
+                    )
+                    self.step += 1
+                    logged = self._log() if self._log_due() else {}
+                    progress.update(self.step, **logged)
+                    accuracy = self._evaluate() if self._eval_due() else None
+                    stopping = stop_request.stop()
+                    if accuracy is not None or stopping or self._checkpoint_due():
+                        self._save(accuracy)
+                    if stopping:  # another process's signal stops this one too
+                        interrupted = True
+                        stopped_by = signal.Signals(stop_request.signal or signal.SIGTERM).name
+                        break
+        finally:
+            batches.close()  # stops a stream's decoding processes
+            self.checkpoints.wait()
+            self.checkpoints.close()
+            progress.close()
+            self.writer.close()
+            self.lock.release()
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "interrupted": interrupted or self.step < self.total_steps,
+            "signal": stopped_by,
+            "best_accuracy": self.meta["best_accuracy"],
+            "best_step": self.meta["best_step"],
+            **self.result,
+        }
+
+    def _epoch_end(self) -> bool:
+        return self.step % self.steps_per_epoch == 0
+
+    def _log_due(self) -> bool:
+        return self.step % self.config.log_every_steps == 0 or self.step == self.total_steps
+
+    def _eval_due(self) -> bool:
+        every = self.config.eval_every_epochs * self.steps_per_epoch
+        return self._epoch_end() and (self.step % every == 0 or self.step == self.total_steps)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every_steps
+        due = self.step % every == 0 if every else self._epoch_end()
+        return due or self.step == self.stop_step
+
+    def _log(self) -> dict[str, float]:
+        """Write the ``train`` line of the window that ends now; start the next window."""
+        self._check_finite()
+        sums = jax.device_get(self.sums)
+        start, first = self._window
+        count = max(float(sums["count"]), 1.0)
+        line = {
+            "loss": float(sums["loss"]) / count,
+            "accuracy": float(sums["correct"]) / count,
+            "lr": float(self.schedule(self.step - 1)),
+            "images_per_sec": (self.step - first)
+            * self.config.batch_size
+            / max(time.perf_counter() - start, 1e-9),
+        }
+        self.sums = parallel.replicate(self.mesh, train_metrics_zeros())
+        self._window = (time.perf_counter(), self.step)
+        self.result["train"] = line
+        self.writer.write("train", self.step, self.step / self.steps_per_epoch, **line)
+        return line
+
+    def _evaluate(self) -> float:
+        """Evaluate, write the ``eval`` line, track the best; returns the accuracy."""
+        jax.block_until_ready(self.state)  # the train steps in flight are training time
+        start = time.perf_counter()
+        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        metrics = self.built.evaluate(variables)
+        self.result["eval"] = metrics
+        self.writer.write("eval", self.step, self.step / self.steps_per_epoch, **metrics)
+        if self.meta["best_accuracy"] is None or metrics["accuracy"] > self.meta["best_accuracy"]:
+            self.meta.update(best_accuracy=metrics["accuracy"], best_step=self.step)
+        window_start, first = self._window
+        self._window = (window_start + time.perf_counter() - start, first)  # not training time
+        return metrics["accuracy"]
+
+    def _save(self, accuracy: float | None) -> None:
+        """An asynchronous checkpoint of this step (never of a NaN/inf state)."""
+        self._check_finite()
+        self.meta.update(
+            step=self.step,
+            epoch=self.step / self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.config.batch_size,
+            config=self.config.name,
+            model=self.config.model,
+        )
+        tree = {"train_state": self.state, "metrics": self.sums}
+        self.checkpoints.save(self.step, tree, dict(self.meta), accuracy)
+
+    def _check_finite(self) -> None:
+        bad = int(jax.device_get(self.sums["nonfinite_step"]))
+        if bad < 0:
+            return
+        self.checkpoints.wait()
+        last = self.checkpoints.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint"
+        raise TrainingDiverged(
+            f"the training loss or the parameters became NaN/inf at step {bad}; stopped "
+            f"without saving ({kept} in {self.checkpoints.directory}). Lower learning_rate, "
+            f"add warmup_epochs, or use dtype='float32'."
+        )
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating as set;
+    one trainer per workdir (:class:`~resnet_flax.train.lock.WorkdirLock`).
+
+    Returns ``{"step", "epoch", "interrupted", "signal", "train", "eval", "best_accuracy",
+    "best_step"}``; ``interrupted`` is True when a signal or ``max_steps`` stopped training
+    before the end, ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that did.
+    """
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
+    return _Run(config, paths.as_path(workdir)).train()
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of ``workdir`` (or ``config.checkpoint``) on eval_split.
+
+    Every example is seen exactly once; an ``eval`` line is appended to metrics.jsonl.
+    Returns the metrics with the checkpoint's ``step`` and ``epoch``.
+    """
+    workdir = paths.as_path(workdir)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if not config.checkpoint and not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"no checkpoint in {workdir / 'checkpoints'}: train first, or set "
+            f"--config.checkpoint=/path/to/checkpoints."
+        )
+    source = config.checkpoint or workdir
+    directory, _ = resolve(source)
+    built = build(config, train=False)
+    variables, meta, step = load_variables(source, built.mesh)
+    if shapes(variables) != shapes(built.init_variables(abstract=True)):
+        raise CheckpointError(
+            f"the checkpoint in {directory} does not fit model {config.model} with "
+            f"num_classes={built.num_classes}: evaluate with the config it was trained with."
+        )
+    metrics = built.evaluate(variables)
+    epoch = step / meta["steps_per_epoch"] if meta.get("steps_per_epoch") else 0.0
+    with MetricsWriter(workdir) as writer:
+        writer.write("eval", step, epoch, **metrics)
+    return {"step": step, "epoch": epoch, **metrics}
