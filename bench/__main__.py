@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from bench import contestants, loader
 from bench.timing import interleaved, median
-from resnet_flax.cpu import backend, onednn
+from resnet_flax.cpu import onednn
+from resnet_flax.models.layers import compiler_options
 from train.data.augment import augment_cifar
 
 SECTIONS = ("train", "eval", "loader", "stream", "augment")
@@ -58,7 +59,7 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "flax": flax.__version__,
         "pillow": PIL.__version__,
-        "compiler_options": backend.compiler_options(),
+        "compiler_options": compiler_options("auto"),  # ours: the trainer's kernels
         "onednn": onednn.version(),  # None: the CPU convolutions are XLA's own
         "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
     }
@@ -171,7 +172,7 @@ def bench_augment(args) -> list[dict[str, Any]]:
     """CIFAR pad-4 crop + flip on the device, against the resnet18_cifar step it feeds."""
     batch = int(args.shapes.split(",")[0].split(":")[1]) if args.shapes else 128
     images = jnp.asarray(contestants.host_batch(batch, 32, 10)["image"])
-    augment = backend.jit(augment_cifar)
+    augment = jax.jit(augment_cifar, compiler_options=compiler_options("auto"))
     keys = iter(jax.random.split(jax.random.key(0), 10_000))
     step = contestants.ours("resnet18_cifar", batch, 32).train
     fns = {

@@ -2,9 +2,10 @@
 backward, SGD with momentum and weight decay) and an eval forward, as zero-argument callables
 that block until done, plus the train step's compile time.
 
-- ``ours``: the registry model and the project's own train step (``train.step``) on a 1-device
-  mesh, compiled with :func:`resnet_flax.cpu.backend.jit`'s settings; eval runs
-  :func:`resnet_flax.fold_batch_norm`'s forward.
+- ``ours``: the registry model with the kernels the trainer picks (``impl="auto"``: the CPU
+  kernels on a CPU) and the project's own train step (``train.step``) on a 1-device mesh;
+  eval runs :func:`resnet_flax.fold_batch_norm`'s forward (with the oneDNN post-ops where
+  the CPU kernels run).
 - ``flax``: :mod:`bench.flax_example` under plain ``jax.jit``.
 - ``torch``: torchvision's model, eager, channels_last, ``torch.optim.SGD``.
 """
@@ -24,11 +25,11 @@ import optax
 
 from bench import flax_example
 from resnet_flax import create_model, fold_batch_norm
-from resnet_flax.cpu import backend
 from resnet_flax.io.transforms import IMAGENET_MEAN as MEAN
 from resnet_flax.io.transforms import IMAGENET_STD as STD
+from resnet_flax.models.layers import compiler_options, resolve_impl
 from resnet_flax.models.registry import init_variables
-from train import parallel
+from train import distributed
 from train.data.augment import normalize
 from train.state import new_train_state
 from train.step import make_train_step, train_metrics_zeros
@@ -61,18 +62,26 @@ def host_batch(batch: int, size: int, classes: int, seed: int = 0) -> dict[str, 
     }
 
 
-def ours(name: str, batch: int, size: int, dtype: Any = jnp.float32, **model_options: Any) -> Built:
-    mesh = jax.make_mesh((1,), (parallel.BATCH,), devices=jax.devices()[:1])
+def ours(
+    name: str,
+    batch: int,
+    size: int,
+    dtype: Any = jnp.float32,
+    impl: str = "auto",
+    **model_options: Any,
+) -> Built:
+    mesh = jax.make_mesh((1,), (distributed.BATCH,), devices=jax.devices()[:1])
     classes = num_classes(name)
     model = create_model(
-        name, num_classes=classes, axis_name=parallel.BATCH, dtype=dtype, **model_options
-    )
+        name, num_classes=classes, axis_name=distributed.BATCH, dtype=dtype, impl=impl,
+        **model_options,
+    )  # fmt: skip
     variables = init_variables(model, size)
-    state = new_train_state(model, variables, sgd(), parallel.replicated(mesh))
-    data = parallel.global_batch(mesh, host_batch(batch, size, classes))
+    state = new_train_state(model, variables, sgd(), distributed.replicated(mesh))
+    data = distributed.global_batch(mesh, host_batch(batch, size, classes))
     normalize_ = partial(normalize, mean=MEAN, std=STD, dtype=dtype)
     step = make_train_step(mesh, model, num_classes=classes, normalize=normalize_)
-    metrics = parallel.replicate(mesh, train_metrics_zeros())
+    metrics = distributed.replicate(mesh, train_metrics_zeros())
     start = time.perf_counter()
     compiled = step.lower(state, metrics, data, None).compile()
     compile_s = time.perf_counter() - start
@@ -83,8 +92,9 @@ def ours(name: str, batch: int, size: int, dtype: Any = jnp.float32, **model_opt
         jax.block_until_ready(carry[1])
 
     images = data["image"]
-    predict = fold_batch_norm(model, variables, images.shape)
-    to_input = backend.jit(normalize_)
+    post_ops = resolve_impl(impl) == "cpu"
+    predict = fold_batch_norm(model, variables, images.shape, post_ops=post_ops)
+    to_input = jax.jit(normalize_, compiler_options=compiler_options(impl))
     return Built(train, lambda: jax.block_until_ready(predict(to_input(images))), compile_s)
 
 

@@ -97,12 +97,10 @@ def stream_seconds(
 ) -> list[float]:
     """Seconds per ``batches`` batches of the trainer's streamed train pipeline, ``repeats``
     times after ``warmup`` rounds (which also start the workers)."""
-    from train.data import make_stream
+    from train.data import StreamSpec, make_stream
 
-    stream = make_stream(
-        "folder", str(root), "train", 224, train=True, global_batch_size=batch,
-        process_index=0, process_count=1, seed=0, num_workers=workers,
-    )  # fmt: skip
+    spec = StreamSpec("folder", str(root), "train", 224, num_workers=workers)
+    stream = make_stream(spec, train=True, global_batch_size=batch)
     try:
         seconds = []
         for i in range(warmup + repeats):

@@ -28,7 +28,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0
     config.lr_schedule = "cosine"
     config.log_every_steps = 10
-    # One device: with oneDNN's convolutions, splitting the CPU into 8 devices made this run
-    # slower, not faster (README, "Data parallel").
-    config.split_cpu_devices = False
     return config

@@ -1,29 +1,28 @@
 """resnet-flax: torchvision's ResNet and VGG families and timm's ResNet family (ResNet-D, SE,
 ECA, ResNet-RS, ResNetV2 and BiT) in pure-functional Flax.
 
-Build (``create_model``, with ``weights=`` a tag or torchvision's enum name: the model and its
-published weights), fetch torchvision's and timm's weights by tag (``load_pretrained``,
-``list_pretrained``), import and export torchvision (and timm) weights (``load_torchvision``,
-``export_torchvision``, ``save_torchvision``), preprocess like torchvision (``preprocess``),
-inspect (``summary``), use as a backbone (``extract_features``), run inference with BatchNorm
-folded into the convolutions (``fold_batch_norm``), and use any model as an NNX module
-(``to_nnx``, ``to_linen_variables``).
+Build a model (``create_model``: a Flax module, plain XLA, every JAX transform), load
+torchvision's and timm's published weights by tag (``load_pretrained``: the model and its
+variables; ``list_pretrained``), import and export torchvision (and timm) weights
+(``load_torchvision``, ``export_torchvision``, ``save_torchvision``), preprocess like
+torchvision (``preprocess``), inspect (``summary``), use as a backbone (``extract_features``),
+run inference with BatchNorm folded into the convolutions (``fold_batch_norm``), and use any
+model as an NNX module (``to_nnx``, ``to_linen_variables``).
 
-The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, plugged in behind
-the models' factories), ``io`` (weights in and out), ``inference`` and ``train``; see
-ARCHITECTURE.md.
+The package's layers: ``models`` (the networks), ``cpu`` (XLA:CPU kernels, loaded only when a
+model asks for ``impl="cpu"``), ``io`` (weights in and out), ``inference`` and ``train`` (the
+trainer, with its ``configs``); see ARCHITECTURE.md.
 """
 
-from resnet_flax import cpu as _cpu  # noqa: F401  (registers impl="cpu" with the models)
 from resnet_flax.inference.features import extract_features
 from resnet_flax.inference.fold import fold_batch_norm
 from resnet_flax.inference.preprocess import imagenet_classes, preprocess
 from resnet_flax.inference.summary import summary
 from resnet_flax.io.convert import export_torchvision, load_torchvision, save_torchvision
-from resnet_flax.io.hub import create_model, list_pretrained, load_pretrained
+from resnet_flax.io.hub import list_pretrained, load_pretrained
 from resnet_flax.io.weights import TORCHVISION_MODELS
 from resnet_flax.models.bridge import to_linen_variables, to_nnx
-from resnet_flax.models.registry import TIMM_MODELS, list_models, model_options
+from resnet_flax.models.registry import TIMM_MODELS, create_model, list_models, model_options
 
 __all__ = [
     "TIMM_MODELS",

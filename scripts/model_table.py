@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 import resnet_flax
-from resnet_flax.io.hub import tag_of
-from resnet_flax.io.weights import TIMM_WEIGHTS, weights_for
+from resnet_flax.io.weights import weights_for
 from resnet_flax.models.registry import TIMM_MODELS, count_parameters
 
 
@@ -34,13 +33,15 @@ def main(report_path: str | None) -> None:
     print("|---|---:|---|---|---:|")
     for name in resnet_flax.list_models():
         params = count_parameters(resnet_flax.create_model(name))
-        top1 = " / ".join(f"{w.top1:.3f}" for w in weights_for(name) if w.top1 is not None)
-        timm = [w for w in TIMM_WEIGHTS if w.model == name and w.top1 is not None]
+        entries = weights_for(name)
+        torchvision = [w for w in entries if w.source == "torchvision" and w.top1 is not None]
+        top1 = " / ".join(f"{w.top1:.3f}" for w in torchvision)
+        timm = [w for w in entries if w.source == "timm" and w.top1 is not None]
         best = max(timm, key=lambda w: w.top1, default=None)
         timm_top1 = "-"
         if best is not None:
-            size = best.test_size or best.image_size
-            timm_top1 = f"{best.top1:.3f} (`{best.tag.split('.', 1)[1]}`, {size})"
+            size = best.test_crop_size or best.crop_size
+            timm_top1 = f"{best.top1:.3f} (`{best.suffix}`, {size})"
         worst = max(report[name].values()) if name in report else None
         if worst is not None:
             parity = f"{worst:.1e}"
@@ -52,13 +53,11 @@ def main(report_path: str | None) -> None:
     print("| model | weights: tag suffix (top-1) |")
     print("|---|---|")
     for name in resnet_flax.list_models():
-        entries = [(tag_of(w), w.top1) for w in weights_for(name)] + [
-            (w.tag, w.top1) for w in TIMM_WEIGHTS if w.model == name
-        ]
+        entries = weights_for(name)
         if entries:
             cells = [
-                f"`{tag.split('.', 1)[1]}`" + (f" ({top1:.1f})" if top1 is not None else "")
-                for tag, top1 in entries
+                f"`{w.suffix}`" + (f" ({w.top1:.1f})" if w.top1 is not None else "")
+                for w in entries
             ]
             print(f"| `{name}` | {', '.join(cells)} |")
 

@@ -29,7 +29,7 @@ DEFAULT_BOUND = 5e-2
 def test_train_steps_and_evaluation(tmp_path, tiny_config):
     from train.loop import train_and_evaluate
 
-    result = train_and_evaluate(tiny_config(max_steps=4, split_cpu_devices=False), tmp_path)
+    result = train_and_evaluate(tiny_config(max_steps=4), tmp_path)
     assert result["step"] == 4 and np.isfinite(result["train"]["loss"])
     assert 0.0 <= result["eval"]["accuracy"] <= 1.0
 
@@ -37,7 +37,7 @@ def test_train_steps_and_evaluation(tmp_path, tiny_config):
 def test_bfloat16_step(tmp_path, tiny_config):
     from train.loop import train_and_evaluate
 
-    config = tiny_config(max_steps=2, dtype="bfloat16", split_cpu_devices=False)
+    config = tiny_config(max_steps=2, dtype="bfloat16")
     result = train_and_evaluate(config, tmp_path)
     assert result["step"] == 2 and np.isfinite(result["train"]["loss"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_flax.cpu import backend
+from resnet_flax.models.layers import compiler_options
 
 pytest.importorskip("torch", reason="the suite's PyTorch peers need torch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert {("stream", "1 worker(s)"), ("stream", "2 worker(s)")} <= seen
     assert "one GPU consuming 3,000 img/s needs" in done.stdout
     assert all(r["value"] > 0 for r in results["records"])
-    assert results["machine"]["compiler_options"] == backend.compiler_options("cpu")
+    assert results["machine"]["compiler_options"] == compiler_options("cpu")
 
 
 def test_bench_rejects_an_unknown_section():

@@ -21,7 +21,7 @@ from train.checkpoint import (
     load_variables,
     resolve,
 )
-from train.parallel import make_mesh
+from train.distributed import make_mesh
 
 
 def small_tree(value: float) -> dict:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tarfile
 import urllib.error
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -18,12 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_flax.io.download import ChecksumError, download
 from train.data import (
     DataError,
+    StreamSpec,
     augment_cifar,
+    cifar,
     crop_and_flip,
     dataset_spec,
-    download,
     epoch_permutation,
     folder_arrays,
     load_arrays,
@@ -153,10 +156,10 @@ def _write_tar(path: Path, members: dict[str, bytes], top: str) -> None:
 
 @pytest.fixture
 def no_download(monkeypatch):
-    def offline(url, dest, md5, timeout=30.0):
+    def offline(url, dest, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(download, "download_file", offline)
+    monkeypatch.setattr(cifar, "download", offline)
 
 
 def test_cifar10_from_python_archive_and_folder(tmp_path, no_download):
@@ -197,15 +200,17 @@ def test_cifar_batch_file_cannot_run_code(tmp_path, no_download):
 
 
 def test_download_checks_md5_and_leaves_nothing_half_written(tmp_path):
+    """The one download helper, as the CIFAR archive uses it (md5; weights use sha256)."""
     source = tmp_path / "source.bin"
     source.write_bytes(b"x" * 3_000_000)
     md5 = hashlib.md5(source.read_bytes()).hexdigest()
     dest = tmp_path / "out" / "archive.tar.gz"
-    download.download_file(source.as_uri(), str(dest), md5)
+    download(source.as_uri(), str(dest), algorithm="md5", expected=md5, progress=False)
     assert dest.read_bytes() == source.read_bytes()
     bad = tmp_path / "out" / "bad.tar.gz"
-    with pytest.raises(download.ChecksumError, match="expected 0123"):
-        download.download_file(source.as_uri(), str(bad), "0123")
+    with pytest.raises(ChecksumError, match="but 0123 was expected") as error:
+        download(source.as_uri(), str(bad), algorithm="md5", expected="0123", progress=False)
+    assert error.value.actual == md5
     assert sorted(p.name for p in dest.parent.iterdir()) == ["archive.tar.gz"]
 
 
@@ -225,7 +230,7 @@ def test_cifar10_from_tfds_data_source(tmp_path, monkeypatch):
     def must_not_download(*args, **kwargs):
         raise AssertionError("fell back to the archive although TFDS has the data")
 
-    monkeypatch.setattr(download, "download_file", must_not_download)
+    monkeypatch.setattr(cifar, "download", must_not_download)
     with tfds.testing.mock_data(num_examples=7):
         ds = load_arrays("cifar10", None, "test", 32)  # TFDS's default data_dir, mocked
     assert ds.images.shape == (7, 32, 32, 3) and ds.images.dtype == np.uint8
@@ -425,9 +430,10 @@ def jpeg_tree(tmp_path_factory):
 
 def test_stream_train_deterministic_resumable_sharded(jpeg_tree):
     root, colours = jpeg_tree
-    common = dict(train=True, global_batch_size=4, process_index=0, process_count=1, seed=0)
-    with_workers = _take(make_stream("folder", str(root), "train", 32, **common, num_workers=2), 6)
-    in_process = _take(make_stream("folder", str(root), "train", 32, **common, num_workers=0), 6)
+    common = dict(train=True, global_batch_size=4)
+    spec = StreamSpec("folder", str(root), "train", 32, seed=0, num_workers=0)
+    with_workers = _take(make_stream(replace(spec, num_workers=2), **common), 6)
+    in_process = _take(make_stream(spec, **common), 6)
     for batch in with_workers:
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
         assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
@@ -436,14 +442,11 @@ def test_stream_train_deterministic_resumable_sharded(jpeg_tree):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
 
-    resumed = _take(
-        make_stream("folder", str(root), "train", 32, **common, start_step=4, num_workers=0), 2
-    )
+    resumed = _take(make_stream(spec, **common, start_step=4), 2)
     for a, b in zip(with_workers[4:], resumed, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    other = make_stream("folder", str(root), "train", 32, **{**common, "seed": 1}, num_workers=0)
-    other = _take(other, 1)
+    other = _take(make_stream(replace(spec, seed=1), **common), 1)
     assert not np.array_equal(other[0]["image"], with_workers[0]["image"])
 
     ids = [i for batch in with_workers for i in _identify(batch["image"], colours)]
@@ -455,9 +458,8 @@ def test_stream_train_deterministic_resumable_sharded(jpeg_tree):
     shards = []
     for index in (0, 1):
         stream = make_stream(
-            "folder", str(root), "train", 32, train=True, global_batch_size=4,
-            process_index=index, process_count=2, seed=0, num_workers=0,
-        )  # fmt: skip
+            spec, train=True, global_batch_size=4, process_index=index, process_count=2
+        )
         batches = _take(stream, 3)
         assert all(batch["image"].shape == (2, 32, 32, 3) for batch in batches)
         shards.append({i for batch in batches for i in _identify(batch["image"], colours)})
@@ -476,10 +478,8 @@ def test_stream_without_augment_trains_on_the_eval_crop(tmp_path):
     crops = [eval_crop(str(p), 32) for p in files]
 
     def first_epoch(augment: bool) -> dict[str, np.ndarray]:
-        stream = make_stream(
-            "folder", str(tmp_path), "train", 32, train=True, augment=augment,
-            global_batch_size=4, process_index=0, process_count=1, seed=0, num_workers=0,
-        )  # fmt: skip
+        spec = StreamSpec("folder", str(tmp_path), "train", 32, augment=augment, num_workers=0)
+        stream = make_stream(spec, train=True, global_batch_size=4)
         return _take(stream, 1)[0]
 
     plain = first_epoch(False)
@@ -504,8 +504,8 @@ def test_stream_eval_covers_each_example_once(jpeg_tree):
     for index, workers in ((0, 2), (1, 0)):
         batches = list(
             make_stream(
-                "folder", str(root), "val", 32, train=False, global_batch_size=4,
-                process_index=index, process_count=2, seed=0, num_workers=workers,
+                StreamSpec("folder", str(root), "val", 32, num_workers=workers),
+                train=False, global_batch_size=4, process_index=index, process_count=2,
             )
         )  # fmt: skip
         assert len(batches) == 3  # 9 examples padded to 12 = 3 global batches of 4
@@ -548,8 +548,8 @@ def test_error_messages(tmp_path):
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     with pytest.raises(DataError, match="Cannot decode .*broken.jpg"):
         load_arrays("folder", str(tmp_path), "train", 32)
-    stream = make_stream("folder", str(tmp_path), "train", 64, train=True, global_batch_size=1,
-                         process_index=0, process_count=1, seed=0, num_workers=0)  # fmt: skip
+    spec = StreamSpec("folder", str(tmp_path), "train", 64, num_workers=0)
+    stream = make_stream(spec, train=True, global_batch_size=1)
     with pytest.raises(DataError, match="Cannot decode .*broken.jpg"):
         next(stream)
     with pytest.raises(DataError, match="10 classes but num_classes=100"):
@@ -557,11 +557,12 @@ def test_error_messages(tmp_path):
     with pytest.raises(DataError, match="stream it with make_stream"):
         load_arrays("imagenet2012", str(tmp_path), "train", 224)
     with pytest.raises(DataError, match="load it with load_arrays"):
-        make_stream("cifar10", None, "train", 32, train=True, global_batch_size=8,
-                    process_index=0, process_count=1, seed=0)  # fmt: skip
+        make_stream(StreamSpec("cifar10", None, "train", 32), train=True, global_batch_size=8)
     with pytest.raises(DataError, match="multiple of the process count 3"):
-        make_stream("folder", str(tmp_path), "train", 32, train=True, global_batch_size=8,
-                    process_index=0, process_count=3, seed=0)  # fmt: skip
+        make_stream(
+            StreamSpec("folder", str(tmp_path), "train", 32),
+            train=True, global_batch_size=8, process_count=3,
+        )  # fmt: skip
     with pytest.raises(DataError, match="imagenet2012 needs a data_dir.*ImageFolder layout"):
         stream_info("imagenet2012", None, "train")
 

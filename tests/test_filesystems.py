@@ -25,7 +25,7 @@ import pytest
 from resnet_flax.io import paths
 from train import cli
 from train.checkpoint import CheckpointError, Checkpoints, load_variables
-from train.parallel import make_mesh
+from train.distributed import make_mesh
 
 emulator = pytest.importorskip("gcp_storage_emulator.server")
 emulator_errors = pytest.importorskip("gcp_storage_emulator.exceptions")

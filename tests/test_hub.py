@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.io import hub
+from resnet_flax.io import hub, weights
 from resnet_flax.io.convert import save_torchvision
-from resnet_flax.io.weights import weights_for
+from resnet_flax.io.weights import BASE_URL_ENV, weights_for
 from resnet_flax.models.registry import init_variables
 
 
@@ -64,13 +64,19 @@ def published(server, tmp_path, monkeypatch):
     local = tmp_path / "made.pth"
     save_torchvision(local, "resnet18", variables)
     sha = hashlib.sha256(local.read_bytes()).hexdigest()
-    info = dataclasses.replace(weights_for("resnet18")[0], file_name=f"resnet18-{sha[:8]}.pth")
-    (folder / "models" / info.file_name).write_bytes(local.read_bytes())
-    monkeypatch.setattr(hub, "WEIGHTS", (info,))
-    monkeypatch.setattr(hub, "_BY_TAG", {"resnet18.tv_in1k": info})
+    info = dataclasses.replace(weights_for("resnet18")[0], file=f"resnet18-{sha[:8]}.pth")
+    (folder / "models" / info.file).write_bytes(local.read_bytes())
+    _use(monkeypatch, info)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv(hub.BASE_URL_ENV, url)
+    monkeypatch.setenv(BASE_URL_ENV, url)
     return info, variables, tmp_path / "torch" / "hub" / "checkpoints", folder / "models"
+
+
+def _use(monkeypatch, info) -> None:
+    """Make ``info`` the table's only entry for resnet18."""
+    monkeypatch.setattr(weights, "WEIGHTS", (info,))
+    monkeypatch.setattr(weights, "_BY_TAG", {info.tag: info})
+    monkeypatch.setattr(hub, "WEIGHTS", (info,))
 
 
 def _assert_same(a, b):
@@ -83,21 +89,23 @@ def test_a_tag_downloads_once_into_torch_hubs_cache(published):
     model, loaded = resnet_flax.load_pretrained("resnet18.tv_in1k")
     assert model.num_classes == 1000
     _assert_same(loaded, variables)
-    assert sorted(p.name for p in cache.iterdir()) == [info.file_name]  # no .part left
+    assert sorted(p.name for p in cache.iterdir()) == [info.file]  # no .part left
     assert len(_Files.requests) == 1
-    model, again = resnet_flax.create_model("resnet18", weights="IMAGENET1K_V1")
+    model, again = resnet_flax.load_pretrained("resnet18", "IMAGENET1K_V1")
     _assert_same(again, variables)
-    _, default = resnet_flax.create_model("resnet18", weights="ResNet18_Weights.DEFAULT")
+    _, default = resnet_flax.load_pretrained("resnet18", "ResNet18_Weights.DEFAULT")
+    _, default = resnet_flax.load_pretrained("resnet18")  # DEFAULT
     assert len(_Files.requests) == 1  # the cached file is reused, as torch reuses it
     assert isinstance(resnet_flax.create_model("resnet18"), resnet_flax.models.resnet.ResNet)
+    with pytest.raises(ValueError, match=r"load_pretrained\('resnet18', 'IMAGENET1K_V1'\)"):
+        resnet_flax.create_model("resnet18", weights="IMAGENET1K_V1")  # a module, always
 
 
 def _serve_as(published, monkeypatch, file_name: str) -> None:
     """Serve the checkpoint under ``file_name`` and make it the table's resnet18.tv_in1k."""
     info, _, _, served = published
-    (served / file_name).write_bytes((served / info.file_name).read_bytes())
-    monkeypatch.setattr(hub, "_BY_TAG", {"resnet18.tv_in1k": dataclasses.replace(
-        info, file_name=file_name)})  # fmt: skip
+    (served / file_name).write_bytes((served / info.file).read_bytes())
+    _use(monkeypatch, dataclasses.replace(info, file=file_name))
 
 
 def test_a_file_whose_hash_differs_is_refused_and_not_kept(published, monkeypatch):
@@ -117,13 +125,13 @@ def test_a_truncated_download_is_refused_and_not_kept(published, monkeypatch):
 
 def test_offline_the_error_names_the_url_and_where_to_put_the_file(published, monkeypatch):
     info, _, cache, _ = published
-    monkeypatch.setenv(hub.BASE_URL_ENV, "http://127.0.0.1:9/models")  # nothing listens
+    monkeypatch.setenv(BASE_URL_ENV, "http://127.0.0.1:9/models")  # nothing listens
     with pytest.raises(hub.WeightsError) as error:
         resnet_flax.load_pretrained("resnet18.tv_in1k")
     message = str(error.value)
-    assert f"http://127.0.0.1:9/models/{info.file_name}" in message
-    assert f"put the file at {cache / info.file_name}" in message
-    (cache / info.file_name).write_bytes((published[3] / info.file_name).read_bytes())
+    assert f"http://127.0.0.1:9/models/{info.file}" in message
+    assert f"put the file at {cache / info.file}" in message
+    (cache / info.file).write_bytes((published[3] / info.file).read_bytes())
     resnet_flax.load_pretrained("resnet18.tv_in1k")  # put there by hand: used, offline
 
 
@@ -135,15 +143,22 @@ def test_a_cache_that_cannot_be_written_names_torch_home(published, monkeypatch,
 
 
 def test_tags_and_torchvision_enum_names():
-    assert hub.resolve("resnet50.tv2_in1k").file_name == "resnet50-11ad3fa6.pth"
-    assert hub.resolve("IMAGENET1K_V2", "resnet50").file_name == "resnet50-11ad3fa6.pth"
-    assert hub.resolve("ResNet50_Weights.DEFAULT", "resnet50").tag == "IMAGENET1K_V2"
-    assert hub.resolve("DEFAULT", "vgg16").tag == "IMAGENET1K_V1"  # not the features-only
+    assert hub.resolve("resnet50.tv2_in1k").file == "resnet50-11ad3fa6.pth"
+    assert hub.resolve("IMAGENET1K_V2", "resnet50").file == "resnet50-11ad3fa6.pth"
+    assert hub.resolve("ResNet50_Weights.DEFAULT", "resnet50").tag == "resnet50.tv2_in1k"
+    assert hub.resolve("DEFAULT", "vgg16").enum == "IMAGENET1K_V1"  # not the features-only
     assert "vgg16.tv_features" in resnet_flax.list_pretrained()
     # torchvision's architectures carry timm's weights too, by suffix or tag
-    assert hub.resolve("a1_in1k", "resnet50").hf_hub_id == "timm/resnet50.a1_in1k"
+    timms = hub.resolve("a1_in1k", "resnet50")
+    assert (timms.source, timms.repository) == ("timm", "timm/resnet50.a1_in1k")
+    assert (
+        timms.url == "https://huggingface.co/timm/resnet50.a1_in1k/resolve/main/model.safetensors"
+    )
     assert hub.resolve("resnet50.a1_in1k").transforms().crop_size == 224
-    assert hub.resolve("tv_in1k", "resnet50").file_name == "resnet50-0676ba61.pth"
+    assert hub.resolve("tv_in1k", "resnet50").file == "resnet50-0676ba61.pth"
+    assert hub.resolve("tv_in1k", "resnet50").url == (
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+    )
     assert (
         hub.resolve("DEFAULT", "resnetv2_50x1_bit").tag == "resnetv2_50x1_bit.goog_distilled_in1k"
     )
@@ -157,9 +172,9 @@ def test_tags_and_torchvision_enum_names():
     with pytest.raises(
         hub.WeightsError, match=r"neither torchvision nor timm publishes weights for 'resnet20'"
     ):
-        resnet_flax.create_model("resnet20", weights="DEFAULT")
+        resnet_flax.load_pretrained("resnet20")
     with pytest.raises(ValueError, match=r"unknown model 'resnet5'"):
-        resnet_flax.create_model("resnet5", weights="DEFAULT")
+        resnet_flax.load_pretrained("resnet5", "DEFAULT")
 
 
 def test_predict_takes_a_tag(published, tmp_path, capsys):
@@ -171,7 +186,7 @@ def test_predict_takes_a_tag(published, tmp_path, capsys):
     Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(image)
     assert predict.main(["--weights", "resnet18.tv_in1k", "--top", "2", str(image)]) == 0
     out = capsys.readouterr()
-    assert "resnet18 (resnet18 IMAGENET1K_V1)" in out.err and "  2. " in out.out
+    assert "resnet18 (resnet18.tv_in1k)" in out.err and "  2. " in out.out
     assert predict.main(["--weights", "IMAGENET1K_V1", "--model", "resnet18", str(image)]) == 0
     assert predict.main(["--weights", "resnet18.tv9_in1k", str(image)]) == 2
     assert "unknown weights tag 'resnet18.tv9_in1k'" in capsys.readouterr().err
@@ -233,10 +248,10 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
         model, loaded = resnet_flax.load_pretrained("resnet18d.ra2_in1k")
         _assert_same(loaded, variables)
-        _, again = resnet_flax.create_model("resnet18d", weights="DEFAULT")  # timm's first
+        _, again = resnet_flax.load_pretrained("resnet18d")  # DEFAULT: timm's first
         _assert_same(again, variables)
         assert list((tmp_path / "hf").rglob("model.safetensors"))  # in huggingface_hub's cache
-        _, timms = resnet_flax.create_model("resnet18", weights="a1_in1k")
+        _, timms = resnet_flax.load_pretrained("resnet18", "a1_in1k")
         _assert_same(timms, plain)
         transform = hub.resolve("resnet18d.ra2_in1k").transforms()
         assert (transform.resize_size, transform.crop_size) == (256, 224)  # 224 / 0.875
@@ -246,4 +261,4 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
     finally:
         httpd.shutdown()
     with pytest.raises(hub.WeightsError, match=r"unknown weights 'a9_in1k' for resnet50d.*a1_in1k"):
-        resnet_flax.create_model("resnet50d", weights="a9_in1k")
+        resnet_flax.load_pretrained("resnet50d", "a9_in1k")

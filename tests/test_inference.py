@@ -68,11 +68,11 @@ def test_imagenet_classes_are_torchvisions() -> None:
 
 def test_weights_table_parameter_counts() -> None:
     for name in resnet_flax.TORCHVISION_MODELS:
-        entries = weights_for(name)
+        entries = [w for w in weights_for(name) if w.source == "torchvision"]
         assert entries, f"no weights listed for {name}"
         count = count_parameters(resnet_flax.create_model(name))
         for entry in entries:
-            assert entry.num_params == count, f"{entry.model} {entry.tag}"
+            assert entry.num_params == count, entry.tag
 
 
 def test_weights_table_is_torchvisions() -> None:
@@ -81,10 +81,13 @@ def test_weights_table_is_torchvisions() -> None:
         (name, e.name): e for name in resnet_flax.TORCHVISION_MODELS
         for e in models.get_model_weights(name)
     }  # fmt: skip
-    assert {(w.model, w.tag) for w in WEIGHTS} == set(expected)
-    for w in WEIGHTS:
-        e = expected[(w.model, w.tag)]
+    ours = [w for w in WEIGHTS if w.source == "torchvision"]
+    assert {(w.model, w.enum) for w in ours} == set(expected)
+    suffixes = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}
+    for w in ours:
+        e = expected[(w.model, w.enum)]
         t = e.transforms()
+        assert w.suffix == suffixes.get(w.enum, "tv_features")
         assert w.url == e.url
         assert (w.resize_size, w.crop_size) == (t.resize_size[0], t.crop_size[0])
         assert (w.mean, w.std, w.interpolation) == (
@@ -102,7 +105,7 @@ def test_timm_table_is_timms() -> None:
     """Every timm tag of a model we build (but timm's copies of torchvision's files and
     backbones without a head) is in the table, with timm's preprocessing and class count."""
     timm = pytest.importorskip("timm", reason="compares with timm's pretrained configs")
-    from resnet_flax.io.weights import TIMM_WEIGHTS
+    from resnet_flax.io.weights import timm_resize
 
     expected = {
         tag
@@ -112,12 +115,18 @@ def test_timm_table_is_timms() -> None:
         and tag.split(".")[1] not in ("tv_in1k", "tv2_in1k")
         and timm.models.get_pretrained_cfg(tag).num_classes
     }
-    assert {w.tag for w in TIMM_WEIGHTS} == expected
-    for w in TIMM_WEIGHTS:
+    timms = [w for w in WEIGHTS if w.source == "timm"]
+    assert {w.tag for w in timms} == expected
+    for w in timms:
         c = timm.models.get_pretrained_cfg(w.tag)
-        test_size = c.test_input_size[-1] if c.test_input_size else None
-        assert (w.image_size, w.crop_pct, w.test_size, w.test_crop_pct) == (
-            c.input_size[-1], c.crop_pct, test_size, c.test_crop_pct
+        size = c.input_size[-1]
+        test = c.test_input_size[-1] if c.test_input_size else None
+        test_resize = timm_resize(test, c.test_crop_pct or c.crop_pct) if test else None
+        assert (w.resize_size, w.crop_size, w.test_resize_size, w.test_crop_size) == (
+            timm_resize(size, c.crop_pct), size, test_resize, test
+        ), w.tag  # fmt: skip
+        assert (w.file, w.enum, w.num_params, w.features_only) == (
+            "model.safetensors", None, None, False
         ), w.tag  # fmt: skip
         assert (w.interpolation, w.mean, w.std, w.num_classes) == (
             c.interpolation, tuple(c.mean), tuple(c.std), c.num_classes
@@ -127,8 +136,8 @@ def test_timm_table_is_timms() -> None:
 
 def test_identify_by_file_name() -> None:
     v2 = identify(Path("/home/me/.cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"))
-    assert (v2.model, v2.tag, v2.resize_size, v2.crop_size) == (
-        "resnet50",
+    assert (v2.tag, v2.enum, v2.resize_size, v2.crop_size) == (
+        "resnet50.tv2_in1k",
         "IMAGENET1K_V2",
         232,
         224,
@@ -453,9 +462,9 @@ def test_timm_entries_transform_as_timm_does(images, tag) -> None:
     timm = pytest.importorskip("timm", reason="needs timm")
     from timm.data import create_transform, resolve_data_config
 
-    from resnet_flax.io.weights import TIMM_WEIGHTS
+    from resnet_flax.io.weights import by_tag
 
-    entry = next(w for w in TIMM_WEIGHTS if w.tag == tag)
+    entry = by_tag(tag)
     cfg = timm.models.get_pretrained_cfg(tag).to_dict()
     for test in (False, True):
         config = resolve_data_config(pretrained_cfg=cfg, use_test_size=test)

@@ -1,9 +1,9 @@
 """The CPU paths behind the one conv factory, the one norm and max pooling, and the compiler
 settings: the same numbers as the plain formulations.
 
-``impl="cpu"`` (the default on the CPU) runs convs through oneDNN (or, without it, XLA with a
-chunked kernel gradient) and gives BatchNorm and max pooling hand-written gradients, so each
-is checked against torch's autograd, next to the textbook ``impl="plain"``.
+``impl="cpu"`` (the trainer's choice on a CPU) runs convs through oneDNN (or, without it, XLA
+with a chunked kernel gradient) and gives BatchNorm and max pooling hand-written gradients, so
+each is checked against torch's autograd, next to the textbook ``impl="plain"``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax.cpu import backend, onednn
+from resnet_flax.cpu import onednn
 from resnet_flax.cpu.kernels import WEIGHT_GRAD_CHUNK
-from resnet_flax.models.layers import BatchNorm, conv, max_pool
+from resnet_flax.models.layers import BatchNorm, compiler_options, conv, max_pool
 
 SHAPE = (8, 6, 5, 16)  # NHWC
 BOUND = 1e-6  # measured worst relative error against torch, either impl: 3.3e-7 (dscale)
@@ -100,7 +100,7 @@ def test_cpu_batch_norm_gradients_in_bfloat16_stay_near_float32():
 
 
 def test_batch_norm_rejects_an_unknown_impl():
-    with pytest.raises(ValueError, match="'auto', 'plain' or 'cpu'"):
+    with pytest.raises(ValueError, match="'plain', 'cpu' or 'auto'"):
         BatchNorm(impl="fast").init(jax.random.key(0), jnp.ones(SHAPE), train=True)
 
 
@@ -138,10 +138,12 @@ def test_conv_gradients_match_torch(impl, kernel, stride, groups, dilation, monk
     assert rel(dparams["kernel"], tconv.weight.grad.numpy().transpose(2, 3, 1, 0)) <= CONV_BOUND
 
 
-def test_compiler_options_keep_the_numbers():
-    """The CPU settings change kernels, not results: a conv's value and gradient agree."""
-    assert "xla_cpu_experimental_ynn_fusion_type" in backend.compiler_options("cpu")
-    assert backend.compiler_options("gpu") == {}
+def test_compiler_options_come_with_the_cpu_kernels_and_keep_the_numbers():
+    """The CPU settings apply where the CPU kernels run (plain XLA compiles with XLA's
+    defaults), and they change kernels, not results: a conv's value and gradient agree."""
+    assert "xla_cpu_experimental_ynn_fusion_type" in compiler_options("cpu")
+    assert compiler_options("auto") == compiler_options("cpu")  # on this CPU
+    assert compiler_options("plain") is None
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((4, 12, 12, 8)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
@@ -151,8 +153,9 @@ def test_compiler_options_keep_the_numbers():
         y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
         return jnp.sum(jnp.square(y))
 
-    fast = backend.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w)
-    plain = backend.jit(jax.value_and_grad(f, argnums=(0, 1)), plain=True)(x, w)
+    fast = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), compiler_options=compiler_options("cpu"))
+    plain = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    fast, plain = fast(x, w), plain(x, w)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
         assert rel(a, b) <= 1e-6
 

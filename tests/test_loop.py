@@ -23,7 +23,7 @@ from resnet_flax.models.registry import init_variables
 from train import loop
 from train.checkpoint import Checkpoints, load_variables
 from train.data import DataError, dataset_spec, load_arrays, normalize
-from train.parallel import make_mesh
+from train.distributed import make_mesh
 from train.state import pretrained_variables
 
 

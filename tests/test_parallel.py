@@ -21,7 +21,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from resnet_flax.cpu import onednn
-from train import parallel
+from train import distributed, feed
 from train.data import ArrayDataset, epoch_permutation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +34,14 @@ def test_initialize_distributed_reads_the_environment(monkeypatch):
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                  "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    assert parallel.initialize_distributed() is False and calls == []
+    assert distributed.initialize_distributed() is False and calls == []
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.9:99")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    assert parallel.initialize_distributed() is True
+    assert distributed.initialize_distributed() is True
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
     monkeypatch.setenv("SLURM_NTASKS", "8")  # JAX's own cluster detection fills the rest
-    assert parallel.initialize_distributed() is True
+    assert distributed.initialize_distributed() is True
     assert calls == [("10.0.0.9:99", 2, 1), (None, 2, 1)]
 
 
@@ -51,74 +51,34 @@ def test_distributed_true_and_tpu_hosts_let_jax_find_the_cluster(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
     for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(parallel, "_on_tpu", lambda: False)
-    assert parallel.initialize_distributed(cluster=True) is True and calls == [()]
-    monkeypatch.setattr(parallel, "_on_tpu", lambda: True)  # a TPU host: tried unasked
-    assert parallel.initialize_distributed() is True and calls == [(), ()]
+    monkeypatch.setattr(distributed, "_on_tpu", lambda: False)
+    assert distributed.initialize_distributed(cluster=True) is True and calls == [()]
+    monkeypatch.setattr(distributed, "_on_tpu", lambda: True)  # a TPU host: tried unasked
+    assert distributed.initialize_distributed() is True and calls == [(), ()]
 
     def no_cluster(*args):
         raise ValueError("coordinator_address should be defined")
 
     monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
-    assert parallel.initialize_distributed() is False  # a TPU host on its own
+    assert distributed.initialize_distributed() is False  # a TPU host on its own
     with pytest.raises(RuntimeError, match="distributed=true, but JAX found no cluster"):
-        parallel.initialize_distributed(cluster=True)
-
-
-def test_use_cpu_devices_warns_once_jax_has_started(monkeypatch):
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    jax.devices()  # the backends start
-    with pytest.warns(UserWarning, match="backends had started already.*device_count=8"):
-        assert parallel.use_cpu_devices(128) == 0
-
-
-def cpu_devices_in_fresh_process(args: str, xla_flags: str | None = None) -> list[int]:
-    code = (
-        "import jax; from train import parallel; "
-        f"n = parallel.use_cpu_devices({args}); "
-        "print(n, jax.device_count(), parallel.use_cpu_devices(64)); "
-        "import os; print(os.environ.get('XLA_FLAGS'))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    counts, flags = done.stdout.splitlines()
-    timeout = "--xla_cpu_collective_call_terminate_timeout_seconds=3600"
-    assert (timeout in flags) == (int(counts.split()[0]) > 1)  # raised when split
-    return [int(word) for word in counts.split()]
-
-
-def test_use_cpu_devices_splits_the_batch_into_chunks_of_16():
-    cores = len(os.sched_getaffinity(0))
-    expected = min(8, 8 * cores)  # 128 / 16, dividing 96 too
-    assert cpu_devices_in_fresh_process("128, 96") == [expected, expected, 0]  # then: started
-    assert cpu_devices_in_fresh_process("48, 36") == [3, 3, 0]  # 12 does not divide 48/16
-    # an on-device data set too big for 3 copies in a quarter of the memory: 2 devices
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert cpu_devices_in_fresh_process(f"64, replicated_bytes={memory // 11}")[:2] == [2, 2]
-    # the user's choice stands
-    flags = "--xla_force_host_platform_device_count=3"
-    assert cpu_devices_in_fresh_process("128", flags)[:2] == [0, 3]
+        distributed.initialize_distributed(cluster=True)
 
 
 def test_batch_size_must_split_over_devices(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 8)
-    parallel.check_batch_size(64)
+    distributed.check_batch_size(64)
     with pytest.raises(
         ValueError, match=r"batch_size=12 must be a positive multiple .* \(8\); try 8"
     ):
-        parallel.check_batch_size(12)
+        distributed.check_batch_size(12)
 
 
 def test_process_slice_is_this_process_part(monkeypatch):
     rows = np.arange(12)
     monkeypatch.setattr(jax, "process_count", lambda: 3)
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    np.testing.assert_array_equal(parallel.process_slice(rows), [4, 5, 6, 7])
+    np.testing.assert_array_equal(distributed.process_slice(rows), [4, 5, 6, 7])
 
 
 def dataset(n: int) -> ArrayDataset:
@@ -127,8 +87,8 @@ def dataset(n: int) -> ArrayDataset:
 
 
 def test_array_input_batches_follow_the_epoch_permutation():
-    mesh = parallel.make_mesh()
-    source = parallel.ArrayInput(mesh, dataset(10), batch_size=4, seed=3)
+    mesh = distributed.make_mesh()
+    source = feed.ArrayInput(mesh, dataset(10), batch_size=4, seed=3)
     assert source.steps_per_epoch == 2  # the last partial batch of an epoch is dropped
     batches = source.train_batches()
     seen = [np.asarray(next(batches)["index"]) for _ in range(5)]
@@ -141,7 +101,7 @@ def test_array_input_batches_follow_the_epoch_permutation():
 
 
 def test_array_input_eval_sees_every_example_once():
-    source = parallel.ArrayInput(parallel.make_mesh(), dataset(10), batch_size=4)
+    source = feed.ArrayInput(distributed.make_mesh(), dataset(10), batch_size=4)
     batches = [jax.device_get(b) for b in source.eval_batches()]
     assert len(batches) == 3
     real = np.concatenate([b["index"][b["mask"]] for b in batches])
@@ -191,7 +151,7 @@ def worker(mode: str, workdir: str, config_path: str) -> None:
     if mode == "preempt":
         return
     assert result["step"] == config.max_steps
-    variables, _, _ = load_variables(workdir, parallel.make_mesh())  # a collective
+    variables, _, _ = load_variables(workdir, distributed.make_mesh())  # a collective
     if jax.process_index() == 0:
         leaves = jax.tree.leaves_with_path(jax.device_get(variables))
         np.savez(Path(workdir) / f"{mode}.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
@@ -268,14 +228,14 @@ def test_prefetch_keeps_two_batches_in_flight_and_closes_its_source():
         finally:
             closed.append(True)
 
-    batches = parallel.Prefetched(source())
+    batches = feed.Prefetched(source())
     assert pulled == [0, 1]  # two batches on their way before the first step asks
     assert next(batches) == 0 and pulled == [0, 1, 2]  # the step takes one, one more starts
     assert next(batches) == 1 and pulled == [0, 1, 2, 3]
     batches.close()
     assert closed == [True]
-    assert list(parallel.Prefetched(iter(range(3)))) == [0, 1, 2]  # nothing lost at the end
-    unstarted = parallel.Prefetched(source())
+    assert list(feed.Prefetched(iter(range(3)))) == [0, 1, 2]  # nothing lost at the end
+    unstarted = feed.Prefetched(source())
     unstarted.close()  # closed before any step: the source is closed all the same
     assert closed == [True, True]
 

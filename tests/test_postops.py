@@ -50,11 +50,11 @@ def forward_calls(predict, x) -> collections.Counter:
     ],
 )
 def test_folded_eval_fuses_conv_tails_and_keeps_the_numbers(name, size, expected):
-    model = create_model(name, num_classes=10)
+    model = create_model(name, num_classes=10, impl="cpu")
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=False)
-    fused = fold_batch_norm(model, variables, x.shape)
-    unfused = fold_batch_norm(model, variables, x.shape, post_ops=False)
+    fused = fold_batch_norm(model, variables, x.shape, post_ops=True)
+    unfused = fold_batch_norm(model, variables, x.shape)
     assert forward_calls(fused, x) == expected
     assert set(forward_calls(unfused, x)) <= {"-"}
     np.testing.assert_array_equal(fused(x), unfused(x))  # same operations, same order
@@ -74,9 +74,22 @@ def test_a_value_used_twice_ends_the_chain():
 
 
 def test_a_model_without_batch_norm_folds_to_itself():
-    model = create_model("vgg11", num_classes=10)
+    model = create_model("vgg11", num_classes=10, impl="cpu")
     x = jnp.ones((1, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
     np.testing.assert_array_equal(
-        fold_batch_norm(model, variables, x.shape)(x), model.apply(variables, x)
+        fold_batch_norm(model, variables, x.shape, post_ops=True)(x), model.apply(variables, x)
     )
+
+
+def test_post_ops_are_asked_for_with_the_cpu_kernels():
+    """Post-ops fuse oneDNN convolutions: a plain model (the default) asking for them is told
+    which kernels they need."""
+    model = create_model("resnet18_cifar", num_classes=10)
+    x = jnp.ones((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    with pytest.raises(
+        ValueError, match=r"post_ops=True\) .* impl='plain': build it with impl='cpu'"
+    ):
+        fold_batch_norm(model, variables, x.shape, post_ops=True)
+    assert set(forward_calls(fold_batch_norm(model, variables, x.shape), x)) == set()

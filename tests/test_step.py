@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from resnet_flax import create_model
 from resnet_flax.models.registry import init_variables
 from resnet_flax.models.resnet import BasicBlock, ResNet
-from train import parallel
+from train import distributed
 from train.data import augment_cifar
 from train.optim import decay_mask, make_optimizer, make_schedule
 from train.state import new_train_state
@@ -77,16 +77,16 @@ def train_on(mesh, sync: bool, steps: int = STEPS):
     model = small_resnet("batch" if sync else None)
     tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
     variables = init_variables(model, SIZE)
-    state = new_train_state(model, variables, tx, parallel.replicated(mesh))
+    state = new_train_state(model, variables, tx, distributed.replicated(mesh))
     rng = np.random.default_rng(0)
     data = {"image": blocky_images(rng, 64), "label": rng.integers(0, 10, 64, dtype=np.int32)}
-    data = parallel.replicate(mesh, data)
-    sums = parallel.replicate(mesh, train_metrics_zeros())
+    data = distributed.replicate(mesh, data)
+    sums = distributed.replicate(mesh, train_metrics_zeros())
     step = make_train_step(mesh, model, num_classes=10, normalize=normalize, augment=augment_cifar)
     first_stats = None
     for i in range(steps):
         index = np.arange(i * BATCH, (i + 1) * BATCH, dtype=np.int32)
-        batch = parallel.global_batch(mesh, {"index": index})
+        batch = distributed.global_batch(mesh, {"index": index})
         state, sums = step(state, sums, batch, data)
         first_stats = jax.device_get(state.batch_stats) if i == 0 else first_stats
     return state, sums, first_stats
@@ -99,7 +99,7 @@ def flat(tree) -> dict[str, np.ndarray]:
 def run_devices(out: str) -> None:
     """The subprocess: 1 vs 8 devices with sync BN; 8 devices without (one step)."""
     one = jax.make_mesh((1,), ("batch",), devices=jax.devices()[:1])
-    eight = parallel.make_mesh()
+    eight = distributed.make_mesh()
     assert eight.size == 8
     results = {}
     for name, mesh, sync, steps in (
@@ -123,7 +123,7 @@ def resnet50_all_reduces(mesh, impl: str) -> int:
         lambda v: new_train_state(model, v, tx), init_variables(model, abstract=True)
     )
     sums = jax.eval_shape(train_metrics_zeros)
-    replicated, split = parallel.replicated(mesh), jax.NamedSharding(mesh, jax.P("batch"))
+    replicated, split = distributed.replicated(mesh), jax.NamedSharding(mesh, jax.P("batch"))
     state, sums = (
         jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), t)
         for t in (state, sums)
@@ -140,8 +140,11 @@ def resnet50_all_reduces(mesh, impl: str) -> int:
 @pytest.fixture(scope="module")
 def device_runs(tmp_path_factory) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("devices") / "runs.npz"
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
         [sys.executable, __file__, str(out)], env=env, cwd=root, capture_output=True, text=True
     )
@@ -296,7 +299,7 @@ def test_label_smoothing_is_torch_cross_entropy():
 
 
 def test_freeze_backbone_trains_the_head_only():
-    mesh = parallel.make_mesh()
+    mesh = distributed.make_mesh()
     model = create_model("lenet5", num_classes=4)
     variables = init_variables(model, 32)
     config = optimizer_config(freeze_backbone=True)
@@ -307,7 +310,7 @@ def test_freeze_backbone_trains_the_head_only():
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, 8, dtype=np.int32)}  # fmt: skip
     before = flat(state.params)
-    new_state, _ = step(state, train_metrics_zeros(), parallel.global_batch(mesh, batch), None)
+    new_state, _ = step(state, train_metrics_zeros(), distributed.global_batch(mesh, batch), None)
     after = flat(new_state.params)
     for key in before:
         moved = not np.array_equal(before[key], after[key])
@@ -315,17 +318,17 @@ def test_freeze_backbone_trains_the_head_only():
 
 
 def test_bfloat16_computes_in_bf16_with_float32_state():
-    mesh = parallel.make_mesh()
+    mesh = distributed.make_mesh()
     model = small_resnet(None, dtype=jnp.bfloat16)
     variables = init_variables(model, SIZE)
     tx = make_optimizer(optimizer_config(), optax.constant_schedule(0.1))
-    state = new_train_state(model, variables, tx, parallel.replicated(mesh))
+    state = new_train_state(model, variables, tx, distributed.replicated(mesh))
     bf16 = lambda images: normalize(images).astype(jnp.bfloat16)  # noqa: E731
     step = make_train_step(mesh, model, num_classes=10, normalize=bf16)
     rng = np.random.default_rng(0)
     batch = {"image": blocky_images(rng, 8), "label": rng.integers(0, 10, 8, dtype=np.int32)}
-    sums = parallel.replicate(mesh, train_metrics_zeros())
-    state, sums = step(state, sums, parallel.global_batch(mesh, batch), None)
+    sums = distributed.replicate(mesh, train_metrics_zeros())
+    state, sums = step(state, sums, distributed.global_batch(mesh, batch), None)
     logits = jax.eval_shape(model.apply, variables, bf16(jnp.asarray(batch["image"])))
     assert logits.dtype == jnp.bfloat16
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))}
@@ -336,14 +339,14 @@ def test_bfloat16_computes_in_bf16_with_float32_state():
 
 def test_eval_step_masks_padding_and_counts_top5():
     """Masked rows count nowhere; flip TTA averages softmaxes; top-5 at >= 100 classes."""
-    mesh = parallel.make_mesh()
+    mesh = distributed.make_mesh()
     model = create_model("lenet5", num_classes=100)
     variables = init_variables(model, 32)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, 8, dtype=np.int32)
     mask = np.array([True] * 5 + [False] * 3)
-    batch = parallel.global_batch(mesh, {"image": images, "label": labels, "mask": mask})
+    batch = distributed.global_batch(mesh, {"image": images, "label": labels, "mask": mask})
     for tta in (False, True):
         step = make_eval_step(mesh, model, num_classes=100, normalize=normalize, flip_tta=tta)
         sums = jax.device_get(step(variables, eval_metrics_zeros(100), batch, None))
@@ -362,7 +365,7 @@ def test_eval_step_masks_padding_and_counts_top5():
 
 def test_the_step_takes_its_batch_norm_axis_from_the_model():
     """One source of truth: a model synced over another axis is refused, not half-synced."""
-    mesh = parallel.make_mesh()
+    mesh = distributed.make_mesh()
     assert synced_batch_norm(small_resnet("batch")) and not synced_batch_norm(small_resnet(None))
     with pytest.raises(ValueError, match="axis_name is 'devices'.*axis_name='batch'"):
         make_train_step(mesh, small_resnet("devices"), num_classes=10, normalize=normalize)

@@ -34,8 +34,9 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_flax.io import paths
+from resnet_flax.io.download import ChecksumError
 
-from .parallel import any_process, replicated
+from .distributed import any_process, replicated
 
 STATE, META = "state", "meta"
 CHECKSUMS = "checksums.json"  # in each step directory: {"sha256": {relative path: hex digest}}
@@ -215,10 +216,6 @@ class Checkpoints:
         if self._hasher is not None:
             self._hasher.shutdown()
         self._manager.close()
-
-
-class ChecksumError(OSError):
-    """A checkpoint file's content differs from the checksum recorded when it was saved."""
 
 
 def _sha256(path: paths.Path) -> str:

@@ -35,11 +35,13 @@ except ModuleNotFoundError as error:  # a checkout that was never installed
     ) from None
 CONFIG_DIR = Path(_base.__file__).parent
 DTYPES = ("float32", "bfloat16")
+KERNELS = ("auto", "plain", "cpu")  # the model's impl (resnet_flax.models.layers)
 # create_model options that come from top-level keys rather than model_options.
 RESERVED_MODEL_OPTIONS = {
     "num_classes": "num_classes",
     "dtype": "dtype",
     "axis_name": "sync_batch_norm",
+    "impl": "kernels",
 }
 
 
@@ -269,6 +271,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, "optimizer", OPTIMIZERS)
     _choice(config, "lr_schedule", SCHEDULES)
     _choice(config, "dtype", DTYPES)
+    _choice(config, "kernels", KERNELS)
     _at_least(
         config,
         1,

@@ -14,8 +14,6 @@ never stopped; the on-device metric sums are checkpointed too.
   command with a larger (or no) ``max_steps`` resumes it.
 - A NaN/inf loss or parameter stops training with :class:`TrainingDiverged`; that state is
   never saved, so the last checkpoint is the last good one.
-- With ``split_cpu_devices`` (opt-in), a CPU-only host first splits the batch over several
-  CPU devices (:func:`resnet_flax.train.parallel.use_cpu_devices`).
 
 :func:`build` makes what both commands share from the config: the mesh, the data, the model
 (the one place ``sync_batch_norm`` is read) and the evaluation.
@@ -40,7 +38,7 @@ from jax.sharding import Mesh
 from resnet_flax.io import paths
 from resnet_flax.models.registry import create_model, init_variables, model_options
 
-from . import parallel
+from . import distributed
 from .checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -58,6 +56,8 @@ from .data import (
     stream_info,
 )
 from .data.errors import require_dir
+from .data.request import StreamSpec
+from .feed import ArrayInput, StreamInput
 from .lock import WorkdirLock
 from .metrics import MetricsWriter, Progress
 from .optim import make_optimizer, make_schedule
@@ -69,7 +69,7 @@ from .step import (
     train_metrics_zeros,
 )
 
-Input = parallel.ArrayInput | parallel.StreamInput
+Input = ArrayInput | StreamInput
 
 
 class TrainingDiverged(ValueError):
@@ -97,69 +97,58 @@ def _load(config: Any, split: str) -> ArrayDataset | None:
     )
 
 
-def _nbytes(*datasets: ArrayDataset | None) -> int:
-    return sum(d.images.nbytes + d.labels.nbytes for d in datasets if d is not None)
-
-
 def _input(
     config: Any, mesh: Mesh, split: str, arrays: ArrayDataset | None, batch_size: int
 ) -> Input:
     """The split as an on-device :class:`ArrayInput` or a grain :class:`StreamInput`."""
     if arrays is not None:
-        return parallel.ArrayInput(mesh, arrays, batch_size, config.seed)
-    args = dict(
+        return ArrayInput(mesh, arrays, batch_size, config.seed)
+    workers = config.num_workers
+    spec = StreamSpec(
         dataset=config.dataset,
         data_dir=_data_dir(config),
         split=split,
         image_size=config.image_size,
         augment=config.augment,
         seed=config.seed,
-        num_workers=(
-            config.num_workers
-            if config.num_workers >= 0
-            else default_num_workers(jax.local_device_count())
-        ),
+        num_workers=workers if workers >= 0 else default_num_workers(jax.local_device_count()),
     )
     info = stream_info(config.dataset, _data_dir(config), split)
-    return parallel.StreamInput(mesh, args, batch_size, info.size, info.num_classes)
+    return StreamInput(mesh, spec, batch_size, info.size, info.num_classes)
 
 
 def check_before_run(config: Any) -> None:
     """What can be checked before any data is read: a data set read from files has its
     data_dir, and the batch sizes split over the devices (multi-process JAX started, as
-    :func:`_start` does). A split CPU (``split_cpu_devices``) is sized from the data, so its
-    batch sizes are checked once the data is in."""
+    :func:`_start` does)."""
     spec = dataset_spec(config.dataset)
     if spec.layout:
         require_dir(_data_dir(config), f"dataset={config.dataset!r}", f"It holds {spec.layout}.")
-    if config.split_cpu_devices:
-        return
-    parallel.initialize_distributed(config.distributed)
+    distributed.initialize_distributed(config.distributed)
     _check_batch_sizes(config)
 
 
 def _check_batch_sizes(config: Any) -> None:
     for name in ("batch_size", "eval_batch_size"):
-        parallel.check_batch_size(config[name], name)
+        distributed.check_batch_size(config[name], name)
 
 
-def _start(config: Any, *datasets: ArrayDataset | None) -> Mesh:
-    """CPU devices, multi-process start-up, the mesh; the batch sizes checked against it."""
-    batch_sizes = (config.batch_size, config.eval_batch_size)
-    if config.split_cpu_devices:
-        parallel.use_cpu_devices(*batch_sizes, replicated_bytes=_nbytes(*datasets))
-    parallel.initialize_distributed(config.distributed)
-    mesh = parallel.make_mesh()
+def _start(config: Any) -> Mesh:
+    """Multi-process start-up, the mesh; the batch sizes checked against it."""
+    distributed.initialize_distributed(config.distributed)
+    mesh = distributed.make_mesh()
     _check_batch_sizes(config)
     return mesh
 
 
 def _model(config: Any, num_classes: int) -> nn.Module:
-    """The config's model; its BatchNorm statistics span the ``batch`` axis when
+    """The config's model, computing with the kernels ``config.kernels`` names (``auto``: the
+    CPU kernels on a CPU); its BatchNorm statistics span the ``batch`` axis when
     ``sync_batch_norm`` (the train step follows the model)."""
     options = dict(num_classes=num_classes, dtype=jnp.dtype(config.dtype), **config.model_options)
+    options["impl"] = config.kernels
     if config.sync_batch_norm and "axis_name" in model_options(config.model):
-        options["axis_name"] = parallel.BATCH
+        options["axis_name"] = distributed.BATCH
     return create_model(config.model, **options)
 
 
@@ -183,7 +172,7 @@ class Built:
     def init_variables(self, *, abstract: bool = False) -> dict[str, Any]:
         """The model's initial variables, replicated (or their shapes, with ``abstract``)."""
         config = self.config
-        sharding = parallel.replicated(self.mesh)
+        sharding = distributed.replicated(self.mesh)
         try:
             return init_variables(
                 self.model, config.image_size, config.seed, abstract=abstract, sharding=sharding
@@ -206,7 +195,7 @@ class Built:
     def evaluate(self, variables: Any) -> dict[str, float]:
         """Loss, accuracy (and top-5, where counted) over every example of the eval split."""
         data = self.eval_data
-        sums = parallel.replicate(self.mesh, eval_metrics_zeros(self.num_classes))
+        sums = distributed.replicate(self.mesh, eval_metrics_zeros(self.num_classes))
         for batch in data.eval_batches():
             sums = self.eval_step(variables, sums, batch, data.data)
         sums = jax.device_get(sums)
@@ -222,7 +211,7 @@ def build(config: Any, *, train: bool = True) -> Built:
     evaluation, from ``config``."""
     train_arrays = _load(config, config.train_split) if train else None
     eval_arrays = _load(config, config.eval_split)
-    mesh = _start(config, train_arrays, eval_arrays)
+    mesh = _start(config)
     train_data = None
     if train:
         train_data = _input(config, mesh, config.train_split, train_arrays, config.batch_size)
@@ -236,14 +225,14 @@ class _StopRequest:
     """SIGTERM/SIGINT set a flag (the loop saves and exits at a step boundary).
 
     With several processes the signal may reach one of them only: each step every process
-    votes (:class:`parallel.AgreedFlag`) and all read the same outcome one step later, so
+    votes (:class:`distributed.AgreedFlag`) and all read the same outcome one step later, so
     they stop after, and save, the same step.
     """
 
     def __init__(self, mesh: Mesh) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
-        self._votes = parallel.AgreedFlag(mesh) if jax.process_count() > 1 else None
+        self._votes = distributed.AgreedFlag(mesh) if jax.process_count() > 1 else None
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signal = signum
@@ -322,9 +311,9 @@ class _Run:
 
     def _initial_state(self, variables: dict[str, Any]):
         """The latest checkpoint's state, else a fresh (or pretrained) one."""
-        config, mesh, replicated = self.config, self.mesh, parallel.replicated(self.mesh)
+        config, mesh, replicated = self.config, self.mesh, distributed.replicated(self.mesh)
         tx = make_optimizer(config, self.schedule, head=getattr(type(self.model), "head", None))
-        sums = parallel.replicate(mesh, train_metrics_zeros())
+        sums = distributed.replicate(mesh, train_metrics_zeros())
         meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
         resume = self.checkpoints.latest_step() is not None
         if config.pretrained and not resume:
@@ -336,7 +325,7 @@ class _Run:
                 mesh,
                 **config.model_options,
             )
-            variables = parallel.replicate(mesh, loaded)
+            variables = distributed.replicate(mesh, loaded)
         state = new_train_state(self.model, variables, tx, replicated)
         if not resume:
             return state, sums, meta
@@ -433,7 +422,7 @@ class _Run:
             * self.config.batch_size
             / max(time.perf_counter() - start, 1e-9),
         }
-        self.sums = parallel.replicate(self.mesh, train_metrics_zeros())
+        self.sums = distributed.replicate(self.mesh, train_metrics_zeros())
         self._window = (time.perf_counter(), self.step)
         self.result["train"] = line
         self.writer.write("train", self.step, self.step / self.steps_per_epoch, **line)

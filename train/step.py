@@ -34,9 +34,9 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from resnet_flax.cpu import backend
+from resnet_flax.models.layers import compiler_options
 
-from .parallel import BATCH
+from .distributed import BATCH
 from .state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -166,7 +166,7 @@ def make_train_step(
         in_specs=(P(), P(), P(BATCH), P()),
         out_specs=(P(), P()),
     )
-    return backend.jit(sharded, donate_argnums=(0, 1))
+    return jax.jit(sharded, donate_argnums=(0, 1), compiler_options=_options(model))
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -224,4 +224,10 @@ def make_eval_step(
         in_specs=(P(), P(), P(BATCH), P()),
         out_specs=P(),
     )
-    return backend.jit(sharded, donate_argnums=(1,))
+    return jax.jit(sharded, donate_argnums=(1,), compiler_options=_options(model))
+
+
+def _options(model: nn.Module) -> dict[str, Any] | None:
+    """The compiler options of the model's kernels (the CPU kernels' on a CPU, with the
+    trainer's default ``kernels='auto'``; XLA's defaults for ``plain``)."""
+    return compiler_options(getattr(model, "impl", "plain"))

@@ -1,8 +1,9 @@
 """``impl="cpu"``: the conv, BatchNorm and max-pool formulations that run fastest on XLA:CPU.
 
-Registered behind :mod:`resnet_flax.models.layers`' factories as the kernels ``"cpu"``, which
-``impl="auto"`` picks when JAX's default backend is the CPU. Each computes what the plain
-formulation computes, to float32 round-off (``tests/test_layers.py``, ``tests/test_onednn.py``):
+Registered behind :mod:`resnet_flax.models.layers`' factories as the kernels ``"cpu"`` when
+this module is first imported (by ``layers.kernels("cpu")``), which ``impl="auto"`` picks when
+JAX's default backend is the CPU. Each computes what the plain formulation computes, to
+float32 round-off (``tests/test_layers.py``, ``tests/test_onednn.py``):
 
 - convolutions: oneDNN's kernels (PyTorch's; :mod:`resnet_flax.cpu.onednn`) where they apply,
   else XLA's convolution with its kernel gradient taken chunk by chunk;
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.cpu import jax_compat, onednn
+from resnet_flax.cpu.backend import CPU_OPTIONS
 from resnet_flax.models.layers import (
     Kernels,
     affine,
@@ -198,4 +200,4 @@ def _max_pool_bwd(kernel_size, stride, padding, residuals, dy):
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
-register_kernels("cpu", Kernels(conv_general_dilated, batch_norm_train, max_pool), backend="cpu")
+register_kernels("cpu", Kernels(conv_general_dilated, batch_norm_train, max_pool, CPU_OPTIONS))

@@ -21,9 +21,13 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
-from resnet_flax.cpu import backend
-from resnet_flax.cpu.postops import fuse_post_ops
-from resnet_flax.models.layers import BatchNorm, StandardizedKernel, affine_coefficients
+from resnet_flax.models.layers import (
+    BatchNorm,
+    StandardizedKernel,
+    affine_coefficients,
+    compiler_options,
+    resolve_impl,
+)
 
 Path = tuple[str, ...]
 
@@ -78,15 +82,24 @@ def fold_batch_norm(
     model: nn.Module,
     variables: Any,
     image_shape: tuple[int, ...] = (1, 224, 224, 3),
-    post_ops: bool = True,
+    post_ops: bool = False,
 ) -> Callable[[jax.Array], jax.Array]:
     """``predict(images) -> logits``: eval mode with BatchNorm folded into the convs.
 
     ``image_shape`` is any input shape the model takes, used once to find the pairs; the
-    returned function is jitted and compiles once per input shape. With ``post_ops`` each
-    oneDNN conv also applies the bias, residual sum and ReLU that follow it
-    (:mod:`resnet_flax.cpu.postops`; the same numbers either way).
+    returned function is jitted (with the compiler options of the model's ``impl``) and
+    compiles once per input shape. With ``post_ops``, for a model built with the CPU kernels
+    (``impl="cpu"``, or ``"auto"`` on a CPU), each oneDNN conv also applies the bias, residual
+    sum and ReLU that follow it (:mod:`resnet_flax.cpu.postops`; the same numbers either way);
+    the result is then XLA:CPU-only, as those kernels are.
     """
+    impl = getattr(model, "impl", "plain")
+    if post_ops and resolve_impl(impl) != "cpu":
+        raise ValueError(
+            f"fold_batch_norm(post_ops=True) fuses the CPU kernels' oneDNN convolutions; this "
+            f"model computes with impl={impl!r}: build it with impl='cpu' (or 'auto' on a CPU), "
+            f"or leave post_ops off."
+        )
     pairs = conv_norm_pairs(model, variables, image_shape)
     folded_norms = {norm_path for norm_path, _ in pairs.values()}
     params, biases = fold_variables(variables, pairs)
@@ -106,7 +119,11 @@ def fold_batch_norm(
         with nn.intercept_methods(interceptor):
             return model.apply(v, images, train=False)
 
-    jitted = backend.jit(fuse_post_ops(forward) if post_ops else forward)
+    if post_ops:
+        from resnet_flax.cpu.postops import fuse_post_ops  # the CPU kernels, asked for
+
+        forward = fuse_post_ops(forward)
+    jitted = jax.jit(forward, compiler_options=compiler_options(impl))
     return functools.partial(jitted, folded, biases)
 
 

@@ -1,16 +1,15 @@
-"""torchvision's published ImageNet weights for every torchvision model, and timm's for its
-ResNets, as tables.
+"""Every published weights entry for the models we build, torchvision's and timm's alike, as
+one table of one record type: :class:`Weights`, read from the data file ``weights.csv``.
 
-Generated once from torchvision 0.29's ``Weights`` enums (``ResNet50_Weights.IMAGENET1K_V2``
-...), so that a weights file can be recognised by its name without importing torch:
-``identify("resnet50-11ad3fa6.pth")`` is ResNet-50 V2, and its ``transforms()`` is the
-evaluation transform it was published with (resize 232, crop 224).
+The file is written by ``scripts/weights_table.py`` from torchvision's ``Weights`` enums and
+timm's pretrained configs (with top-1/top-5 from timm's results table), so a weights file can
+be recognised by its name without importing torch (``identify("resnet50-11ad3fa6.pth")`` is
+ResNet-50's V2), and every entry carries the evaluation transform it was published with
+(``transforms()``, as torchvision's ``weights.transforms()``).
 
-The table also names the models whose architecture is torchvision's own
-(:data:`TORCHVISION_MODELS`): those that weights import into and parity tests cover.
-:data:`TIMM_WEIGHTS` holds timm's weights of the timm names we build (generated from timm's
-pretrained configs by ``scripts/timm_weights.py``): each on the Hugging Face hub as
-``timm/TAG``, with the evaluation transform timm resolves for it (``resolve_data_config``).
+A tag is ``MODEL.SUFFIX``, timm's spelling, for both sources: torchvision's ``IMAGENET1K_V1``
+and ``IMAGENET1K_V2`` are ``MODEL.tv_in1k`` and ``MODEL.tv2_in1k`` (``enum`` keeps
+torchvision's name); ``resnet50.a1_in1k`` is timm's.
 """
 
 from __future__ import annotations
@@ -20,274 +19,171 @@ import dataclasses
 import io
 import math
 import os
+from collections.abc import Callable
 from importlib import resources
+from typing import Any, Literal
 
-from resnet_flax.io.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from resnet_flax.io.transforms import EvalTransform, Triple
 
-URL_BASE = "https://download.pytorch.org/models/"
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+BASE_URL_ENV = "RESNET_FLAX_WEIGHTS_URL"  # a mirror of torchvision's server (and the tests')
+HUGGING_FACE = "https://huggingface.co"
+
+Source = Literal["torchvision", "timm"]
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightsInfo:
-    """One torchvision weights entry and the evaluation transforms it was published with.
+class Weights:
+    """One published weights entry and its evaluation transform.
 
-    ``top1``/``top5`` are torchvision's ImageNet-1k validation accuracies (percent; ``None``
-    where it publishes none). ``features_only`` marks weights whose classifier is not trained
-    (torchvision sets it to NaN): use them for feature extraction only.
+    - ``tag``: ``MODEL.SUFFIX`` (``resnet50.tv2_in1k``, ``resnet50.a1_in1k``).
+    - ``source``: ``"torchvision"`` (fetched from torchvision's server into torch hub's
+      cache) or ``"timm"`` (from the Hugging Face hub's ``timm/TAG`` repository).
+    - ``file``: the file's name there (torchvision's names end in their sha256's prefix).
+    - ``enum``: torchvision's enum name (``IMAGENET1K_V2``); ``None`` for timm's.
+    - ``resize_size``, ``crop_size``, ``interpolation``, ``mean``, ``std``: the evaluation
+      transform (resize the shorter side, centre crop; timm's resize is ``floor(crop_size /
+      crop_pct)``); ``test_resize_size``/``test_crop_size``: timm's larger test size, if any.
+    - ``num_classes``; ``num_params`` (torchvision's count, ``None`` for timm's).
+    - ``top1``/``top5``: ImageNet-1k validation accuracy in percent, the publisher's own (timm's
+      at the test size where it has one); ``None`` where none is published.
+    - ``features_only``: the classifier is not trained (torchvision's ``vgg16`` features).
     """
 
-    model: str
     tag: str
-    file_name: str
+    source: Source
+    file: str
+    enum: str | None
     resize_size: int
     crop_size: int
+    test_resize_size: int | None
+    test_crop_size: int | None
+    interpolation: str
+    mean: Triple
+    std: Triple
+    num_classes: int
+    num_params: int | None
     top1: float | None
     top5: float | None
-    num_params: int
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    features_only: bool = False
-
-    @property
-    def url(self) -> str:
-        """The download address torchvision uses."""
-        return URL_BASE + self.file_name
-
-    def transforms(self) -> EvalTransform:
-        """The evaluation transform these weights were published with (torchvision's
-        ``weights.transforms()``): call it on images to get the model's input batch."""
-        return EvalTransform(
-            self.resize_size, self.crop_size, self.interpolation, self.mean, self.std
-        )
-
-
-# model, tag, file name, resize, crop, top-1, top-5, parameters[, non-default transforms]
-WEIGHTS: tuple[WeightsInfo, ...] = (
-    WeightsInfo(
-        "resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", 256, 224, 69.758, 89.078, 11689512
-    ),
-    WeightsInfo(
-        "resnet34", "IMAGENET1K_V1", "resnet34-b627a593.pth", 256, 224, 73.314, 91.42, 21797672
-    ),
-    WeightsInfo(
-        "resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", 256, 224, 76.13, 92.862, 25557032
-    ),
-    WeightsInfo(
-        "resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 232, 224, 80.858, 95.434, 25557032
-    ),
-    WeightsInfo(
-        "resnet101", "IMAGENET1K_V1", "resnet101-63fe2227.pth", 256, 224, 77.374, 93.546, 44549160
-    ),
-    WeightsInfo(
-        "resnet101", "IMAGENET1K_V2", "resnet101-cd907fc2.pth", 232, 224, 81.886, 95.78, 44549160
-    ),
-    WeightsInfo(
-        "resnet152", "IMAGENET1K_V1", "resnet152-394f9c45.pth", 256, 224, 78.312, 94.046, 60192808
-    ),
-    WeightsInfo(
-        "resnet152", "IMAGENET1K_V2", "resnet152-f82ba261.pth", 232, 224, 82.284, 96.002, 60192808
-    ),
-    WeightsInfo(
-        "resnext50_32x4d",
-        "IMAGENET1K_V1",
-        "resnext50_32x4d-7cdf4587.pth",
-        256,
-        224,
-        77.618,
-        93.698,
-        25028904,
-    ),
-    WeightsInfo(
-        "resnext50_32x4d",
-        "IMAGENET1K_V2",
-        "resnext50_32x4d-1a0047aa.pth",
-        232,
-        224,
-        81.198,
-        95.34,
-        25028904,
-    ),
-    WeightsInfo(
-        "resnext101_32x8d",
-        "IMAGENET1K_V1",
-        "resnext101_32x8d-8ba56ff5.pth",
-        256,
-        224,
-        79.312,
-        94.526,
-        88791336,
-    ),
-    WeightsInfo(
-        "resnext101_32x8d",
-        "IMAGENET1K_V2",
-        "resnext101_32x8d-110c445d.pth",
-        232,
-        224,
-        82.834,
-        96.228,
-        88791336,
-    ),
-    WeightsInfo(
-        "resnext101_64x4d",
-        "IMAGENET1K_V1",
-        "resnext101_64x4d-173b62eb.pth",
-        232,
-        224,
-        83.246,
-        96.454,
-        83455272,
-    ),
-    WeightsInfo(
-        "wide_resnet50_2",
-        "IMAGENET1K_V1",
-        "wide_resnet50_2-95faca4d.pth",
-        256,
-        224,
-        78.468,
-        94.086,
-        68883240,
-    ),
-    WeightsInfo(
-        "wide_resnet50_2",
-        "IMAGENET1K_V2",
-        "wide_resnet50_2-9ba9bcbe.pth",
-        232,
-        224,
-        81.602,
-        95.758,
-        68883240,
-    ),
-    WeightsInfo(
-        "wide_resnet101_2",
-        "IMAGENET1K_V1",
-        "wide_resnet101_2-32ee1156.pth",
-        256,
-        224,
-        78.848,
-        94.284,
-        126886696,
-    ),
-    WeightsInfo(
-        "wide_resnet101_2",
-        "IMAGENET1K_V2",
-        "wide_resnet101_2-d733dc28.pth",
-        232,
-        224,
-        82.51,
-        96.02,
-        126886696,
-    ),
-    WeightsInfo("vgg11", "IMAGENET1K_V1", "vgg11-8a719046.pth", 256, 224, 69.02, 88.628, 132863336),
-    WeightsInfo(
-        "vgg11_bn", "IMAGENET1K_V1", "vgg11_bn-6002323d.pth", 256, 224, 70.37, 89.81, 132868840
-    ),
-    WeightsInfo(
-        "vgg13", "IMAGENET1K_V1", "vgg13-19584684.pth", 256, 224, 69.928, 89.246, 133047848
-    ),
-    WeightsInfo(
-        "vgg13_bn", "IMAGENET1K_V1", "vgg13_bn-abd245e5.pth", 256, 224, 71.586, 90.374, 133053736
-    ),
-    WeightsInfo(
-        "vgg16", "IMAGENET1K_V1", "vgg16-397923af.pth", 256, 224, 71.592, 90.382, 138357544
-    ),
-    WeightsInfo(
-        "vgg16",
-        "IMAGENET1K_FEATURES",
-        "vgg16_features-amdegroot-88682ab5.pth",
-        256,
-        224,
-        None,
-        None,
-        138357544,
-        mean=(0.48235, 0.45882, 0.40784),
-        std=(0.00392156862745098, 0.00392156862745098, 0.00392156862745098),
-        features_only=True,
-    ),
-    WeightsInfo(
-        "vgg16_bn", "IMAGENET1K_V1", "vgg16_bn-6c64b313.pth", 256, 224, 73.36, 91.516, 138365992
-    ),
-    WeightsInfo(
-        "vgg19", "IMAGENET1K_V1", "vgg19-dcbb9e9d.pth", 256, 224, 72.376, 90.876, 143667240
-    ),
-    WeightsInfo(
-        "vgg19_bn", "IMAGENET1K_V1", "vgg19_bn-c79401a0.pth", 256, 224, 74.218, 91.842, 143678248
-    ),
-)
-
-_BY_FILE_NAME = {w.file_name: w for w in WEIGHTS}
-
-# The registry names whose architecture is torchvision's own, in the table's order.
-TORCHVISION_MODELS: tuple[str, ...] = tuple(dict.fromkeys(w.model for w in WEIGHTS))
-
-
-def weights_for(model: str) -> list[WeightsInfo]:
-    """The published weights of ``model`` (a torchvision name), oldest first; may be empty."""
-    return [w for w in WEIGHTS if w.model == model]
-
-
-def identify(path_or_filename: str | os.PathLike) -> WeightsInfo | None:
-    """The weights entry whose file name is that of ``path_or_filename``, else ``None``."""
-    return _BY_FILE_NAME.get(os.path.basename(os.fspath(path_or_filename)))
-
-
-@dataclasses.dataclass(frozen=True)
-class TimmWeights:
-    """One timm weights entry (``resnet50d.a1_in1k``) and its evaluation settings, as timm's
-    ``resolve_data_config`` gives them: input ``image_size``, ``crop_pct`` (the image is resized
-    to ``floor(image_size / crop_pct)``, then centre-cropped), interpolation, mean and std, and
-    the larger ``test_size`` (with ``test_crop_pct``) timm reports its best accuracy at.
-
-    ``top1``/``top5`` are timm's ImageNet-1k validation accuracies (percent, from its
-    ``results-imagenet.csv``) at ``test_size`` where there is one, else at ``image_size``;
-    ``None`` where timm lists none (ImageNet-21k heads, the newest entries)."""
-
-    tag: str
-    image_size: int
-    crop_pct: float
-    test_size: int | None = None
-    test_crop_pct: float | None = None
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    num_classes: int = 1000
-    top1: float | None = None
-    top5: float | None = None
-    features_only: bool = False  # as WeightsInfo: every timm entry has its classifier
+    features_only: bool
 
     @property
     def model(self) -> str:
-        return self.tag.split(".")[0]
+        """The registry name these weights are for."""
+        return self.tag.split(".", 1)[0]
 
     @property
-    def hf_hub_id(self) -> str:
+    def suffix(self) -> str:
+        """The tag's part after the model name: ``tv2_in1k``, ``a1_in1k``."""
+        return self.tag.split(".", 1)[1]
+
+    @property
+    def url(self) -> str:
+        """Where the file is downloaded from: torchvision's server (or the mirror that
+        ``RESNET_FLAX_WEIGHTS_URL`` names), or the Hugging Face hub (``HF_ENDPOINT``)."""
+        if self.source == "torchvision":
+            base = os.environ.get(BASE_URL_ENV) or TORCHVISION_URL
+            return f"{base.rstrip('/')}/{self.file}"
+        base = os.environ.get("HF_ENDPOINT") or HUGGING_FACE
+        return f"{base.rstrip('/')}/{self.repository}/resolve/main/{self.file}"
+
+    @property
+    def repository(self) -> str:
+        """timm's Hugging Face repository, ``timm/TAG`` (timm's entries only)."""
         return f"timm/{self.tag}"
 
     def transforms(self, test: bool = False) -> EvalTransform:
-        """timm's ``create_transform(**resolve_data_config(...))`` for evaluation: at the
-        training size, or with ``test`` at ``test_size``."""
-        size, crop_pct = self.image_size, self.crop_pct
-        if test and self.test_size:
-            size, crop_pct = self.test_size, self.test_crop_pct or self.crop_pct
-        return EvalTransform(
-            math.floor(size / crop_pct), size, self.interpolation, self.mean, self.std
-        )
+        """The evaluation transform these weights were published with (torchvision's
+        ``weights.transforms()``; timm's ``resolve_data_config``): call it on images to get
+        the model's input batch. ``test``: at timm's larger test size, where it has one."""
+        resize, crop = self.resize_size, self.crop_size
+        if test and self.test_crop_size:
+            resize, crop = self.test_resize_size, self.test_crop_size
+        return EvalTransform(resize, crop, self.interpolation, self.mean, self.std)
 
 
-def _read_timm_weights() -> tuple[TimmWeights, ...]:
-    """The rows of ``timm_weights.csv`` (written by ``scripts/timm_weights.py``; an empty field
-    is the field's default)."""
-    text = resources.files("resnet_flax.io").joinpath("timm_weights.csv").read_text("utf-8")
-    kinds = {f.name: f.type for f in dataclasses.fields(TimmWeights)}
+def timm_resize(crop_size: int, crop_pct: float) -> int:
+    """timm's resize for a centre crop of ``crop_pct``: ``floor(crop_size / crop_pct)``."""
+    return math.floor(crop_size / crop_pct)
 
-    def parse(name: str, text: str) -> object:
-        kind = kinds[name]
-        if "tuple" in kind:
-            return tuple(float(v) for v in text.split())
-        return int(text) if "int" in kind else float(text) if "float" in kind else text
 
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: parse(text) if text else None
+
+
+def _triple(text: str) -> Triple:
+    a, b, c = (float(v) for v in text.split())
+    return a, b, c
+
+
+# How each column of weights.csv is read: one parser per field, by name.
+_PARSE: dict[str, Callable[[str], Any]] = {
+    "tag": str,
+    "source": str,
+    "file": str,
+    "enum": _optional(str),
+    "resize_size": int,
+    "crop_size": int,
+    "test_resize_size": _optional(int),
+    "test_crop_size": _optional(int),
+    "interpolation": str,
+    "mean": _triple,
+    "std": _triple,
+    "num_classes": int,
+    "num_params": _optional(int),
+    "top1": _optional(float),
+    "top5": _optional(float),
+    "features_only": lambda text: {"true": True, "false": False}[text],
+}
+FIELDS = tuple(_PARSE)
+assert tuple(f.name for f in dataclasses.fields(Weights)) == FIELDS
+
+
+def to_row(entry: Weights) -> dict[str, str]:
+    """``entry`` as a row of ``weights.csv`` (what ``scripts/weights_table.py`` writes)."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, tuple):
+            return " ".join(map(str, value))
+        return str(value)
+
+    return {name: text(getattr(entry, name)) for name in FIELDS}
+
+
+def _read() -> tuple[Weights, ...]:
+    text = resources.files("resnet_flax.io").joinpath("weights.csv").read_text("utf-8")
     rows = csv.DictReader(io.StringIO(text))
-    return tuple(TimmWeights(**{k: parse(k, v) for k, v in row.items() if v}) for row in rows)
+    if tuple(rows.fieldnames or ()) != FIELDS:
+        raise ValueError(f"weights.csv has columns {rows.fieldnames}, expected {FIELDS}")
+    return tuple(Weights(**{k: _PARSE[k](v) for k, v in row.items()}) for row in rows)
 
 
-TIMM_WEIGHTS: tuple[TimmWeights, ...] = _read_timm_weights()
+WEIGHTS: tuple[Weights, ...] = _read()
+_BY_TAG = {w.tag: w for w in WEIGHTS}
+_BY_FILE = {w.file: w for w in WEIGHTS if w.source == "torchvision"}
+
+# The registry names whose architecture is torchvision's own (those torchvision publishes
+# weights for), in the table's order.
+TORCHVISION_MODELS: tuple[str, ...] = tuple(
+    dict.fromkeys(w.model for w in WEIGHTS if w.source == "torchvision")
+)
+
+
+def by_tag(tag: str) -> Weights | None:
+    """The entry of ``tag``, or ``None``."""
+    return _BY_TAG.get(tag)
+
+
+def weights_for(model: str) -> list[Weights]:
+    """The published weights of ``model``, torchvision's (oldest first) then timm's; may be
+    empty."""
+    return [w for w in WEIGHTS if w.model == model]
+
+
+def identify(path_or_filename: str | os.PathLike) -> Weights | None:
+    """The torchvision entry whose file name is that of ``path_or_filename``, else ``None``."""
+    return _BY_FILE.get(os.path.basename(os.fspath(path_or_filename)))

@@ -27,7 +27,7 @@ class SqueezeExcite(nn.Module):
     channels: int
     ratio: float = 1 / 16
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

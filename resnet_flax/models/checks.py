@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from resnet_flax.models.layers import impl_names
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` Did you mean 'a' or 'b'?`` for the choices close to ``word``, else ``""``: the one
@@ -109,6 +111,10 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
             raise bad(
                 "dtype", options["dtype"], f"a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
             )
+    if "impl" in options:
+        if options["impl"] not in impl_names():
+            *names, last = [repr(name) for name in impl_names()]
+            raise bad("impl", options["impl"], f"{', '.join(names)} or {last}")
     for option in ("dropout", "drop_path_rate"):
         rate = options.get(option, 0.0)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:

@@ -2,22 +2,29 @@
 
 Every convolution in the package is made by :func:`conv`, every normalisation by :func:`norm`
 (:class:`BatchNorm` or :class:`GroupNorm`) and every max pooling by :func:`max_pool`, so an
-implementation is swapped in one place: each takes ``impl``, the name of a registered set of
+implementation is swapped in one place: each takes ``impl``, the name of a set of
 :class:`Kernels`.
 
-- ``"plain"`` (here): the textbook formulations, differentiated by autodiff.
-- ``"cpu"``: registered by :mod:`resnet_flax.cpu` (which this package never imports), the
-  formulations that run fastest on XLA:CPU. They compute the same numbers to float32
-  round-off (``tests/test_layers.py``).
-- ``"auto"`` (the default): the set registered for JAX's default backend, else ``"plain"``.
+- ``"plain"`` (the default, here): the textbook formulations in plain XLA, differentiated by
+  autodiff. They compose with every JAX transform on every backend: ``jit``, ``grad`` and
+  higher-order gradients, ``jvp``/``jacfwd``, ``vmap``, ``checkpoint``, ``jax.export``,
+  sharded ``jit``.
+- ``"cpu"``: :mod:`resnet_flax.cpu`, imported the first time it is asked for (the models never
+  import it), the formulations that run fastest on XLA:CPU (oneDNN convolutions, a fused
+  BatchNorm VJP). They compute the same numbers to float32 round-off (``tests/test_layers.py``)
+  and support ``jit``, one ``grad``, ``vmap``, ``checkpoint`` and ``shard_map``; forward-mode
+  and second-order differentiation and ``jax.export`` are refused with an error that says so.
+- ``"auto"``: the fastest set for JAX's default backend (``"cpu"`` on a CPU), else
+  ``"plain"``: the applications' choice (the trainer, the bench, ``predict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +34,7 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 
 Dtype = Any
-Impl = str  # "auto", "plain" or the name of registered kernels, e.g. "cpu"
+Impl = str  # "plain" (the default), "cpu", "auto", or the name of other registered kernels
 
 # (x, scale, bias, epsilon, axis_name, dtype) -> (y, batch mean, biased batch variance)
 BatchNormTrain = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
@@ -42,40 +49,58 @@ class Kernels:
     ``conv_general_dilated`` replaces ``lax.conv_general_dilated`` inside ``nn.Conv`` (``None``:
     lax's own); ``batch_norm_train`` is training-mode BatchNorm; ``max_pool`` is max pooling
     with symmetric padding. Each must compute what the plain formulation computes.
+    ``compiler_options`` are the XLA options a program using them should be compiled with
+    (:func:`compiler_options`).
     """
 
     conv_general_dilated: Callable[..., jax.Array] | None
     batch_norm_train: BatchNormTrain
     max_pool: MaxPool
+    compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _KERNELS: dict[str, Kernels] = {}
-_AUTO: dict[str, str] = {}  # JAX backend -> the kernels "auto" picks on it
+# Kernels that live in a module of their own, imported when first asked for:
+# name -> (module, the JAX backend whose "auto" they are).
+_PROVIDERS: dict[str, tuple[str, str]] = {"cpu": ("resnet_flax.cpu.kernels", "cpu")}
 
 
-def register_kernels(name: str, kernels: Kernels, *, backend: str | None = None) -> None:
-    """Make ``impl=name`` select ``kernels``; with ``backend`` (e.g. ``"cpu"``), ``impl="auto"``
-    selects them whenever JAX's default backend is that one."""
-    if name == "auto":
-        raise ValueError("'auto' is not a kernel name: it picks one per backend")
+def register_kernels(name: str, kernels: Kernels) -> None:
+    """Make ``impl=name`` select ``kernels`` (a provider module calls this when imported)."""
+    if name in ("auto", "plain") and name in _KERNELS:
+        raise ValueError(f"{name!r} is taken: choose another name for these kernels")
     _KERNELS[name] = kernels
-    if backend is not None:
-        _AUTO[backend] = name
+
+
+def impl_names() -> tuple[str, ...]:
+    """Every value ``impl`` takes."""
+    return tuple(dict.fromkeys(("plain", *_KERNELS, *_PROVIDERS, "auto")))
 
 
 def resolve_impl(impl: Impl) -> str:
-    """The registered kernels' name ``impl`` stands for (``"auto"``: per backend)."""
+    """The kernels' name ``impl`` stands for: ``"auto"`` is the provider for JAX's default
+    backend (``"cpu"`` on a CPU), else ``"plain"``."""
     if impl == "auto":
-        return _AUTO.get(jax.default_backend(), "plain")
-    if impl not in _KERNELS:
-        *names, last = [repr(name) for name in ("auto", *_KERNELS)]
+        backend = jax.default_backend()
+        return next((n for n, (_, b) in _PROVIDERS.items() if b == backend), "plain")
+    if impl not in _KERNELS and impl not in _PROVIDERS:
+        *names, last = [repr(name) for name in impl_names()]
         raise ValueError(f"impl must be {', '.join(names)} or {last}, not {impl!r}")
     return impl
 
 
 def kernels(impl: Impl) -> Kernels:
-    """The :class:`Kernels` that ``impl`` selects."""
-    return _KERNELS[resolve_impl(impl)]
+    """The :class:`Kernels` that ``impl`` selects, importing their module the first time."""
+    name = resolve_impl(impl)
+    if name not in _KERNELS:
+        importlib.import_module(_PROVIDERS[name][0])  # registers them
+    return _KERNELS[name]
+
+
+def compiler_options(impl: Impl) -> dict[str, Any] | None:
+    """The XLA compiler options for programs built with ``impl``'s kernels, as ``jax.jit``'s
+    ``compiler_options`` takes them (``None``: XLA's defaults, as for ``"plain"``)."""
+    return dict(kernels(impl).compiler_options) or None
 
 
 # torchvision's initialisers, so that a Flax-initialised model is distributed like torchvision's.
@@ -104,7 +129,7 @@ def conv(
     dtype: Dtype = jnp.float32,
     kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
     standardize: float | None = None,
-    impl: Impl = "auto",
+    impl: Impl = "plain",
     name: str | None = None,
 ) -> nn.Conv:
     """The one conv factory: torch's ``nn.Conv2d`` semantics in NHWC.
@@ -175,7 +200,7 @@ class BatchNorm(nn.Module):
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     axis_name: str | None = None
     dtype: Dtype = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -233,7 +258,7 @@ def norm(
     *,
     axis_name: str | None = None,
     dtype: Dtype = jnp.float32,
-    impl: Impl = "auto",
+    impl: Impl = "plain",
 ) -> Callable[..., nn.Module]:
     """The one norm factory: ``norm(kind, ...)(name=..., scale_init=...)`` makes a
     :class:`BatchNorm` (``"batch"``) or a :class:`GroupNorm` (``"group"``), both called as
@@ -308,7 +333,7 @@ def global_moments(
 
 
 def max_pool(
-    x: jax.Array, kernel_size: int, stride: int, padding: int, impl: Impl = "auto"
+    x: jax.Array, kernel_size: int, stride: int, padding: int, impl: Impl = "plain"
 ) -> jax.Array:
     """``torch.nn.MaxPool2d`` with explicit symmetric padding (padded with -inf, as torch).
 
@@ -327,7 +352,7 @@ def max_pool_plain(x: jax.Array, kernel_size: int, stride: int, padding: int) ->
     )
 
 
-register_kernels("plain", Kernels(None, batch_norm_plain, max_pool_plain))
+_KERNELS["plain"] = Kernels(None, batch_norm_plain, max_pool_plain)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:

@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.models.checks import check_images, check_options
-from resnet_flax.models.layers import conv, max_pool, torch_flatten, torch_linear_init
+from resnet_flax.models.layers import Impl, conv, max_pool, torch_flatten, torch_linear_init
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, as it is usually trained today."""
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, as it is usually trained today.
+    ``impl`` as :class:`~resnet_flax.models.resnet.ResNet`'s."""
 
     num_classes: int = 10
     in_channels: int = 3
     dtype: Any = jnp.float32
+    impl: Impl = "plain"
 
     head: ClassVar[str] = "fc3"  # the classifier layer, replaced when fine-tuning
 
@@ -31,9 +33,9 @@ class LeNet5(nn.Module):
             fan_in = x.shape[-1] * 25
             x = conv(
                 features, 5, padding=0, use_bias=True, dtype=self.dtype,
-                kernel_init=torch_linear_init(fan_in), name=f"conv{i}",
+                kernel_init=torch_linear_init(fan_in), impl=self.impl, name=f"conv{i}",
             )(x)  # fmt: skip
-            x = max_pool(nn.relu(x), 2, 2, 0)
+            x = max_pool(nn.relu(x), 2, 2, 0, impl=self.impl)
         x = torch_flatten(x)
         for i, features in enumerate((120, 84), start=1):
             x = nn.relu(self._dense(features, x.shape[-1], f"fc{i}")(x))

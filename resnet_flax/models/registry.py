@@ -167,12 +167,20 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def create_model(name: str, **options: Any) -> nn.Module:
-    """Build the named model with torchvision-style options (e.g. ``num_classes=10``).
+    """The named model, a Flax module, with torchvision-style options (e.g. ``num_classes=10``;
+    ``impl`` picks its kernels, plain XLA by default). Initialise it with ``model.init`` or
+    :func:`init_variables`; for published weights use ``resnet_flax.load_pretrained``.
 
     Raises ``ValueError`` naming an unknown model or option and suggesting close matches.
     """
     cls, fixed = _lookup(name)
     allowed = model_options(name)
+    if "weights" in options:
+        raise ValueError(
+            f"create_model builds the module only; published weights come with "
+            f"resnet_flax.load_pretrained({name!r}, {options['weights']!r}), which returns "
+            f"(model, variables)."
+        )
     for key in options:
         if key not in allowed:
             raise ValueError(

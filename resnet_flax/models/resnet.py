@@ -53,7 +53,7 @@ class Block(nn.Module):
     se_ratio: float = 1 / 16
     drop_path: float = 0.0  # stochastic depth: the branch's drop probability in training
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -197,9 +197,10 @@ class ResNet(nn.Module):
       pool, then conv1x1 + BN: ResNet-D) or ``"zero_pad"`` (option A, He et al. 2016 4.2).
     - ``axis_name``: a mesh axis over which BatchNorm statistics are synchronised.
     - ``dtype``: the computation dtype (parameters and BatchNorm statistics stay float32).
-    - ``impl``: which registered kernels run the convs, BatchNorms and max-pool (``"plain"``,
-      ``"cpu"``, or ``"auto"``: per backend; see :mod:`resnet_flax.models.layers`); the numbers
-      are the same either way.
+    - ``impl``: which kernels run the convs, BatchNorms and max-pool: ``"plain"`` (the default:
+      plain XLA, every JAX transform), ``"cpu"`` (faster on XLA:CPU, fewer transforms) or
+      ``"auto"`` (``"cpu"`` on a CPU, else ``"plain"``); see :mod:`resnet_flax.models.layers`.
+      The numbers are the same to float32 round-off.
 
     Input is NHWC; ``__call__(x, train)`` returns logits. Stage outputs are sown into the
     ``intermediates`` collection (see :func:`resnet_flax.extract_features`).
@@ -224,7 +225,7 @@ class ResNet(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     head: ClassVar[str] = "fc"  # the classifier layer, replaced when fine-tuning
 

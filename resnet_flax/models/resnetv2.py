@@ -34,7 +34,7 @@ class Stem(nn.Module):
     pool: Literal["max", "fixed"] = "max"
     standardize: float | None = None
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,7 +55,7 @@ class Projection(nn.Module):
     stride: int = 1
     standardize: float | None = None
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -76,7 +76,7 @@ class PreActBottleneckV2(nn.Module):
     zero_init_residual: bool = False  # timm's zero_init_last: conv3's kernel starts at zero
     drop_path: float = 0.0
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -128,7 +128,7 @@ class ClassifierHead(nn.Module):
 
     num_classes: int
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -169,7 +169,7 @@ class ResNetV2(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     head: ClassVar[str] = "head"  # the classifier (``head.fc``), replaced when fine-tuning
 

@@ -47,7 +47,7 @@ class VGG(nn.Module):
     in_channels: int = 3
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    impl: Impl = "auto"
+    impl: Impl = "plain"
 
     head: ClassVar[str] = "classifier_6"  # the classifier layer, replaced when fine-tuning
 

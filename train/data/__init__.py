@@ -20,6 +20,7 @@ _EXPORTS = {
     "DataError": "errors",
     "load_arrays": "load",
     "make_stream": "stream",
+    "StreamSpec": "request",
     "default_num_workers": "stream",
     "stream_info": "stream",
     "augment_cifar": "augment",
@@ -31,6 +32,7 @@ __all__ = [
     "ArrayDataset",
     "DataError",
     "DatasetSpec",
+    "StreamSpec",
     "augment_cifar",
     "crop_and_flip",
     "dataset_spec",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from .errors import DataError
     from .load import load_arrays
     from .registry import DATASETS, DatasetSpec, dataset_spec
+    from .request import StreamSpec
     from .stream import default_num_workers, make_stream, stream_info
 
 

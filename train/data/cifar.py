@@ -15,8 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from resnet_flax.io import paths
+from resnet_flax.io.download import download
 
-from . import cache, download
+from . import cache
 from .errors import DataError
 from .images import resize_images
 from .request import Request
@@ -130,7 +131,7 @@ def _fetch_archive(dataset: str, root: str, tfds_reason: str) -> None:
     files = CIFAR[dataset]
     dest = str(paths.as_path(root) / files.archive)
     try:
-        download.download_file(files.url, dest, files.md5)
+        download(files.url, dest, algorithm="md5", expected=files.md5)
     except OSError as error:
         raise DataError(
             f"{files.title} not found and could not be downloaded ({error}). Put {files.archive} "

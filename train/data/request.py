@@ -1,5 +1,7 @@
-"""What an in-memory loader is asked for, and what it returns: the types the registry and its
-loaders share (kept apart from both, so neither imports the other for its types)."""
+"""What the data sets are asked for: a :class:`Request` to an in-memory loader (and what it
+returns), a :class:`StreamSpec` for a stream. The registry, the loaders, the streams and the
+trainer's input share these types; they live apart from all of them, so that none imports
+another for its types (and a stream's spec can be held without importing grain)."""
 
 from __future__ import annotations
 
@@ -22,3 +24,19 @@ class Request:
 
 # Request -> (uint8 images (N, S, S, 3), int32 labels (N,), class names)
 LoadArrays = Callable[[Request], tuple[np.ndarray, np.ndarray, list[str]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What a stream reads and how, apart from the position in it: a split of a streamed data
+    set (``split`` may be a slice, ``'train[:10%]'``), the crop size, whether training crops
+    are augmented, the shuffling seed and the decoding processes (0: in this process; ``None``:
+    :func:`default_num_workers`)."""
+
+    dataset: str
+    data_dir: str | None
+    split: str
+    image_size: int
+    augment: bool = True
+    seed: int = 0
+    num_workers: int | None = None

@@ -24,6 +24,7 @@ from absl import flags
 from .errors import DataError, decoded
 from .images import eval_crop, train_crop
 from .registry import dataset_spec
+from .request import StreamSpec
 from .splits import parse_split, resolve_slice
 
 
@@ -127,42 +128,35 @@ def _check_arguments(
 
 
 def make_stream(
-    dataset: str,
-    data_dir: str | None,
-    split: str,
-    image_size: int,
+    spec: StreamSpec,
     *,
     train: bool,
-    augment: bool = True,
     global_batch_size: int,
-    process_index: int,
-    process_count: int,
-    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
     start_step: int = 0,
-    num_workers: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches {"image": uint8 (B, S, S, 3), "label": int32 (B,)} for this process, where
-    B = global_batch_size // process_count.
+    """Batches {"image": uint8 (B, S, S, 3), "label": int32 (B,)} of ``spec``'s split for this
+    process, where B = global_batch_size // process_count.
 
     train=True: endless, reshuffled every epoch, Inception-style random-resized crop + flip
     (``augment=False``: the eval crop instead).
     train=False: one pass in order, the last batch padded; eval batches carry "mask" (bool,
     True for real examples), and across processes every example appears exactly once.
-    Batches are the same for the same seed whatever `num_workers`; `start_step` resumes at
-    that batch exactly. `num_workers` decoding processes (0: decode in this process; None:
-    :func:`default_num_workers`). Close the returned iterator (`.close()`) when done with it
+    Batches are the same for the same seed whatever the number of workers; `start_step`
+    resumes at that batch exactly. Close the returned iterator (`.close()`) when done with it
     to stop the workers early.
     """
-    if num_workers is None:
-        num_workers = default_num_workers()
+    image_size, seed = spec.image_size, spec.seed
+    num_workers = default_num_workers() if spec.num_workers is None else spec.num_workers
     _check_arguments(
         image_size, global_batch_size, process_index, process_count, start_step, num_workers
     )
-    source, index = _source(dataset, data_dir, split)
+    source, index = _source(spec.dataset, spec.data_dir, spec.split)
     ds = grain.MapDataset.source(source)[index]
     if train:
         ds = ds.seed(seed).shuffle().repeat()
-        if augment:
+        if spec.augment:
             ds = ds.random_map(RandomCrop(image_size))
         else:
             ds = ds.map(CentreCrop(image_size, masked=False))
