@@ -30,7 +30,7 @@ def test_nnx_module_evaluates_trains_and_round_trips():
     assert set(state) == {"params", "batch_stats"}  # no intermediates piled up
 
     # the README's fine-tuning loop
-    optimizer = nnx.Optimizer(module, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(module, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
 
     @nnx.jit
     def train_step(module, optimizer, x, labels):

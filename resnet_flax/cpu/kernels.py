@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from resnet_flax.cpu import jax_compat, onednn
 from resnet_flax.cpu.backend import CPU_OPTIONS
+from resnet_flax.cpu.guard import differentiable_once
 from resnet_flax.models.layers import (
     Kernels,
     affine,
@@ -40,6 +41,7 @@ WEIGHT_GRAD_CHUNK = 16  # images per weight-gradient convolution on XLA's path
 def conv_general_dilated(lhs, rhs, window_strides, padding, **options):
     """The CPU convolution: oneDNN's kernels (PyTorch's) where they apply, else XLA's with a
     chunked kernel gradient."""
+    lhs, rhs = differentiable_once(lhs, rhs)
     if onednn.supports(lhs, rhs, padding, **options):
         rhs = vary_like(lhs, rhs)
         return onednn.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
@@ -101,7 +103,8 @@ def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 def batch_norm_train(x, scale, bias, epsilon, axis_name, dtype):
     """Training-mode BatchNorm, ``(y, mean, var)``, with :func:`_batch_norm_fused`'s VJP."""
-    return _batch_norm_fused(x, vary_like(x, scale), vary_like(x, bias), epsilon, axis_name, dtype)
+    x, scale, bias = differentiable_once(x, vary_like(x, scale), vary_like(x, bias))
+    return _batch_norm_fused(x, scale, bias, epsilon, axis_name, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -151,11 +154,16 @@ def _batch_norm_fused_bwd(epsilon, axis_name, dtype, residuals, cotangents):
 _batch_norm_fused.defvjp(_batch_norm_fused_fwd, _batch_norm_fused_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x, kernel_size, stride, padding):
     """Max pooling whose VJP routes each window's gradient to its first maximum by comparing
     the window's ``kernel_size**2`` strided views of the input with the output: elementwise
     passes only. (A NaN in a window gets no gradient; torch gives it the NaN's.)"""
+    (x,) = differentiable_once(x)
+    return _max_pool(x, kernel_size, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, kernel_size, stride, padding):
     return max_pool_plain(x, kernel_size, stride, padding)
 
 
@@ -198,6 +206,6 @@ def _max_pool_bwd(kernel_size, stride, padding, residuals, dy):
     return (dxp[:, padding : padding + x.shape[1], padding : padding + x.shape[2], :],)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 register_kernels("cpu", Kernels(conv_general_dilated, batch_norm_train, max_pool, CPU_OPTIONS))

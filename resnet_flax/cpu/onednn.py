@@ -14,7 +14,8 @@ gradient's summation order depends on the thread count (:func:`threads`).
 
 ``RESNET_FLAX_ONEDNN=0`` turns this off (the CPU kernels then use XLA's convolutions);
 ``RESNET_FLAX_ONEDNN=/path/libdnnl.so.3`` picks a library. Differentiable once (the train step
-needs no more); use ``impl="plain"`` convs for higher-order gradients.
+needs no more), and neither exportable nor partitioned automatically
+(:mod:`resnet_flax.cpu.guard` says so when asked); ``impl="plain"`` does all of that.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import jaxlib
 import numpy as np
 
 from resnet_flax.cpu import jax_compat, xla_ffi
+from resnet_flax.cpu.guard import ffi_operand
 
 ENV = "RESNET_FLAX_ONEDNN"
 THREADS_ENV = "RESNET_FLAX_ONEDNN_THREADS"
@@ -534,6 +536,7 @@ def _call(
     kind: str, geometry: tuple[int, ...], shape: tuple[int, ...], *operands, aliases=None
 ) -> jax.Array:
     _runtime()
+    operands = ffi_operand(*operands)  # refuses export, automatic partitioning, differentiation
     # Inside shard_map the result varies over the mesh axes its operands vary over.
     out = jax_compat.result_like(operands[0], shape, jnp.float32)
     call = jax.ffi.ffi_call(

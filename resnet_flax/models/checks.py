@@ -111,10 +111,9 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
             raise bad(
                 "dtype", options["dtype"], f"a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
             )
-    if "impl" in options:
-        if options["impl"] not in impl_names():
-            *names, last = [repr(name) for name in impl_names()]
-            raise bad("impl", options["impl"], f"{', '.join(names)} or {last}")
+    if "impl" in options and options["impl"] not in impl_names():
+        *names, last = [repr(name) for name in impl_names()]
+        raise bad("impl", options["impl"], f"{', '.join(names)} or {last}")
     for option in ("dropout", "drop_path_rate"):
         rate = options.get(option, 0.0)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:

@@ -174,7 +174,7 @@ class StandardizedKernel:
     epsilon: float
 
     def __call__(self, inputs, kernel, bias, dtype=None):
-        k = kernel.astype(jnp.float32)
+        k = kernel.astype(statistics_dtype(kernel.dtype))
         axes = tuple(range(k.ndim - 1))  # HWIO: all but the output channels
         mean = jnp.mean(k, axes, keepdims=True)
         var = jnp.mean(jnp.square(k - mean), axes, keepdims=True)
@@ -192,7 +192,8 @@ class BatchNorm(nn.Module):
       ``num_batches_tracked`` (torch's counter, kept so import/export round-trips exactly).
     - ``axis_name``: inside ``shard_map``/``pmap``, the statistics are taken over the whole
       global batch (synchronised BatchNorm); ``None`` keeps them per device.
-    - Statistics are computed in float32 whatever ``dtype`` the activations have.
+    - Statistics are computed in float32 whatever ``dtype`` the activations have (float64 for
+      float64 ones, so that a float64 model is a float64 reference).
     """
 
     epsilon: float = 1e-5
@@ -229,7 +230,8 @@ class BatchNorm(nn.Module):
 class GroupNorm(nn.Module):
     """``torch.nn.GroupNorm`` (timm's ``GroupNorm``: 32 groups, eps 1e-5) over the last axis,
     taking BatchNorm's call signature so the blocks use either. Statistics are per example, so
-    ``train`` changes nothing; they are computed in float32, two-pass, as torch's."""
+    ``train`` changes nothing; they are computed in float32 (float64 for float64 input),
+    two-pass, as torch's."""
 
     num_groups: int = 32
     epsilon: float = 1e-5
@@ -244,7 +246,7 @@ class GroupNorm(nn.Module):
             raise ValueError(f"GroupNorm: {features} channels do not split into {self.num_groups}")
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(statistics_dtype(x.dtype))
         grouped = x32.reshape(*x.shape[:-1], self.num_groups, features // self.num_groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # space and the channels of a group
         mean = jnp.mean(grouped, axes, keepdims=True)
@@ -286,6 +288,11 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
+def statistics_dtype(dtype: Dtype) -> jnp.dtype:
+    """The dtype normalisation statistics are taken in: float32, or wider for wider input."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def statistics_count(x: jax.Array, axis_name: str | None) -> int:
     """How many values each channel's statistics are taken over (all devices on the axis)."""
     devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
@@ -307,7 +314,7 @@ def affine(x, scale, bias, mean, var, epsilon, dtype):
 def batch_norm_plain(x, scale, bias, epsilon, axis_name, dtype):
     """Training-mode BatchNorm as written in the textbook; autodiff takes the gradient."""
     axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(statistics_dtype(x.dtype))
     mean = jnp.mean(x32, axes)
     # Two-pass variance: E[(x - mean)^2], as precise as torch's.
     var = jnp.mean(jnp.square(x32 - mean), axes)

@@ -204,9 +204,13 @@ def init_variables(
     ``sharding``), or only their shapes and dtypes with ``abstract``.
 
     Keys are XLA RngBitGenerator (``rbg``) keys, whose initialisers compile faster than
-    threefry's. A model that cannot take ``image_size`` raises its own ``ValueError``.
+    threefry's. A model that cannot take ``image_size`` raises its own ``ValueError``. The
+    variables do not depend on the kernels, so initialisation runs the plain ones, which any
+    sharding can partition.
     """
     x = jnp.zeros((1, image_size, image_size, getattr(model, "in_channels", 3)), jnp.float32)
+    if getattr(model, "impl", "plain") != "plain":
+        model = model.clone(impl="plain")
 
     def init(key: jax.Array) -> dict[str, Any]:
         variables = model.init(key, x, train=False)
