@@ -177,3 +177,75 @@ def test_the_checker_sees_imports():
     assert {"models.layers", "cpu.onednn"} <= _imports("cpu.kernels", files["cpu.kernels"])
     assert "train.data.registry" in _imports("train.data.load", files["train.data.load"])
     assert "configs._base" in _imports("configs.resnet18_cifar", files["configs.resnet18_cifar"])
+
+
+# The tests of the models, conversion and inference: they run on the core install and the
+# test tools (torch, timm for the references), without the [train] extra.
+CORE_TESTS = (
+    "conftest", "test_architecture", "test_bridge", "test_convert", "test_fold", "test_hub",
+    "test_inference", "test_layers", "test_models", "test_onednn", "test_parity",
+    "test_postops", "test_pth", "test_transforms",
+)  # fmt: skip
+# What only the trainer and its [train] extra bring.
+TRAIN_ONLY = (
+    "train", "configs", "ml_collections", "grain", "tensorflow_datasets", "cv2",
+    "tensorboardX", "sklearn", "matplotlib",
+)  # fmt: skip
+
+
+INSTALLED_TRAINER = ("resnet_flax.train", "resnet_flax.configs")
+
+
+def _imported_names(path: Path) -> set[str]:
+    """The top-level names a test module imports anywhere (functions included), but those
+    it asks for with ``pytest.importorskip``."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_flax."):
+            names.add(".".join(node.module.split(".")[:2]))  # resnet_flax.train, if installed
+    return names
+
+
+def test_the_model_tests_need_no_trainer():
+    """Read: no core test module imports the trainer or what only [train] brings, in any of
+    its functions either (conftest imports the trainer inside the fixture the trainer's tests
+    use; its module level is what the collection below checks)."""
+    tests = ROOT / "tests"
+    bad = {
+        module: sorted(_imported_names(tests / f"{module}.py") & {*TRAIN_ONLY, *INSTALLED_TRAINER})
+        for module in CORE_TESTS
+        if module != "conftest"
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+BLOCKER = """
+import importlib.abc, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name!r} is blocked: not in the core install")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_the_model_tests_collect_without_the_trainer(tmp_path):
+    """Run: pytest collects the core tests (conftest included) with the trainer and the
+    [train] extra's packages made unimportable."""
+    (tmp_path / "block_train.py").write_text(f"BLOCKED = {TRAIN_ONLY!r}\n{BLOCKER}")
+    env = os.environ | {"PYTHONPATH": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    modules = [f"tests/{m}.py" for m in CORE_TESTS if m != "conftest"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "block_train", "--collect-only", "-q", *modules],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " tests collected" in done.stdout or "collected" in done.stdout

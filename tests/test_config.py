@@ -311,3 +311,49 @@ def test_num_workers_is_a_count_or_minus_one_for_automatic(tiny_config) -> None:
     assert tiny_config(num_workers=-1).num_workers == -1
     with pytest.raises(ConfigError, match="num_workers=-2: must be >= -1"):
         tiny_config(num_workers=-2)
+
+
+RUN_AS_PYTHON_M_TRAIN = """
+import os, runpy, sys
+ours = tuple(os.path.join(os.getcwd(), part, "") for part in ("resnet_flax", "train", "configs"))
+sys.argv = ["train", *sys.argv[1:]]
+try:
+    runpy.run_module("train", run_name="__main__", alter_sys=True)  # what `python -m train` does
+except SystemExit as stop:
+    code = stop.code
+by_file = {}
+for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if path and path.startswith(ours):  # the project's own files
+        by_file.setdefault(path, []).append(name)
+twice = {path: names for path, names in by_file.items() if len(names) > 1}
+names = sorted(n for n in sys.modules if n.split(".")[0] in ("train", "resnet_flax"))
+print("EXIT", code, "TWICE", twice, "OURS", names)
+"""
+
+
+def test_the_trainer_runs_from_the_checkout_with_each_module_under_one_name(tmp_path) -> None:
+    """`python -m train` in a checkout: the trainer is the top-level ``train`` package, the
+    configurations ``resnet_flax.configs`` (the editable install maps configs/ there); none of
+    the project's files is imported under two names (``train.loop`` and
+    ``resnet_flax.train.loop``, say)."""
+    config = tmp_path / "mine.py"
+    config.write_text(
+        "from resnet_flax.configs import _base\n\n\n"  # a user's own config: the one import
+        "def get_config():\n"
+        "    config = _base.get_config()\n"
+        "    config.update(model='resnet20', dataset='digits', train_split='train[:64]',\n"
+        "                  eval_split='test[:32]', image_size=16, num_epochs=1, batch_size=32,\n"
+        "                  eval_batch_size=32, log_every_steps=1)\n"
+        "    return config\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AS_PYTHON_M_TRAIN, "--config", str(config),
+         "--config.max_steps=1", "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("EXIT"))
+    assert line.startswith("EXIT None TWICE {}") or line.startswith("EXIT 0 TWICE {}"), line
+    assert "'train.loop'" in line and "'resnet_flax.configs._base'" in line
+    assert "resnet_flax.train" not in line and "'configs" not in line

@@ -574,3 +574,27 @@ def test_default_worker_count_leaves_one_core_per_local_device(monkeypatch):
     assert default_num_workers(1) == 15  # one GPU on a 16-core host
     assert default_num_workers(8) == 8
     assert default_num_workers(32) == 1  # never none
+
+
+def test_sixteen_bit_images_keep_their_values(tmp_path) -> None:
+    """A 16-bit grayscale PNG: PIL's convert("RGB") (torchvision's loader) clips it to 255,
+    nearly all white; ours keeps the high byte, as OpenCV does on the training path."""
+    import cv2
+
+    from resnet_flax.io.transforms import load_image
+    from train.data.images import eval_crop
+
+    ramp = (np.arange(40 * 48).reshape(40, 48) * 34).astype(np.uint16)  # 0 .. 65246
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    expected = (ramp >> 8).astype(np.uint8)
+    loaded = np.asarray(load_image(tmp_path / "deep.png"))
+    np.testing.assert_array_equal(loaded, np.repeat(expected[..., None], 3, axis=-1))
+    assert np.asarray(Image.open(tmp_path / "deep.png").convert("RGB")).mean() > 250  # PIL's
+    opencv = cv2.imdecode(
+        np.frombuffer((tmp_path / "deep.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR_RGB
+    )
+    np.testing.assert_array_equal(opencv, loaded)  # the train crop's decoder agrees
+    # the folder data set's eval crop (PIL) at the image's own size is the image
+    crop = eval_crop((tmp_path / "deep.png").read_bytes(), 40, resize_size=40)
+    np.testing.assert_array_equal(crop[..., 0], expected[:, 4:44])

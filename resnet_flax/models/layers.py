@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype
+from jax.sharding import PartitionSpec as P
 
 Dtype = Any
 Impl = str  # "plain" (the default), "cpu", "auto", or the name of other registered kernels
@@ -359,7 +360,37 @@ def max_pool_plain(x: jax.Array, kernel_size: int, stride: int, padding: int) ->
     )
 
 
-_KERNELS["plain"] = Kernels(None, batch_norm_plain, max_pool_plain)
+def conv_plain(lhs, rhs, window_strides, padding, **options) -> jax.Array:
+    """``lax.conv_general_dilated``. A grouped convolution whose batch is sharded over explicit
+    mesh axes (``jax.make_mesh``'s default) runs per shard under ``jax.shard_map``: XLA's
+    partitioner would otherwise gather the whole batch on every device for it
+    (openxla/xla#47945), where an ungrouped one stays split. The same numbers either way."""
+    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides,
+                             padding=padding, **options)  # fmt: skip
+    axes = (
+        _explicit_batch_axes(lhs, rhs, options) if options.get("feature_group_count", 1) > 1 else ()
+    )
+    if not axes:
+        return conv(lhs, rhs)
+    spec = P(axes)
+    return jax.shard_map(conv, in_specs=(spec, P()), out_specs=spec, axis_names=set(axes))(lhs, rhs)
+
+
+def _explicit_batch_axes(lhs, rhs, options) -> tuple[str, ...]:
+    """The explicit mesh axes the leading (batch) dimension of ``lhs`` is sharded over."""
+    numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, options.get("dimension_numbers"))
+    sharding = getattr(jax.typeof(lhs), "sharding", None)
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    if numbers.lhs_spec[0] != 0 or mesh is None or mesh.empty or not spec or spec[0] is None:
+        return ()
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    kinds = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    if any(kinds[axis] != jax.sharding.AxisType.Explicit for axis in axes):
+        return ()
+    return axes
+
+
+_KERNELS["plain"] = Kernels(conv_plain, batch_norm_plain, max_pool_plain)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
