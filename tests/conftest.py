@@ -16,6 +16,8 @@ parity bounds are float32 CPU bounds, and ``impl="cpu"`` needs the CPU backend. 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported
 
@@ -84,6 +86,31 @@ def config_file(tmp_path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def on_devices() -> Callable[..., subprocess.CompletedProcess]:
+    """``run(script, *args, devices=8, env=None)``: ``python script args`` in a subprocess whose
+    CPU is split into ``devices`` devices (a count JAX fixes when it starts), with the checkout
+    importable (``train``), from the checkout's root; fails the test unless it succeeds."""
+
+    def run(script, *args, devices: int = 8, env: dict | None = None):
+        environment = (
+            os.environ
+            | {
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            }
+            | (env or {})
+        )
+        done = subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            env=environment, cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        return done
+
+    return run
 
 
 # --------------------------------------------------------------------- torchvision references

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -187,20 +185,8 @@ def eight_device_run(workdir: str, config_path: str) -> None:
     np.savez(Path(workdir) / "eight.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
 
 
-def test_eight_device_checkpoint_resumes_on_one(tmp_path, tiny_config, config_file):
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, __file__, str(tmp_path), str(config_file(tiny_config(max_steps=2)))],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_eight_device_checkpoint_resumes_on_one(tmp_path, tiny_config, config_file, on_devices):
+    on_devices(__file__, tmp_path, config_file(tiny_config(max_steps=2)))
     assert jax.device_count() < 8
     variables, _, step = load_variables(tmp_path, make_mesh())
     assert step == 2

@@ -144,7 +144,7 @@ def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, tmp_path, mon
     from PIL import Image
 
     from train.data import cifar, folder_arrays, sources
-    from train.data.registry import Request
+    from train.data.request import Request
 
     monkeypatch.setenv("RESNET_FLAX_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)

@@ -73,7 +73,7 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     assert top_level == {"resnet_flax"}, "no generic top-level names in site-packages"
     for shipped in ("resnet_flax/train/data/stream.py", "resnet_flax/configs/_base.py",
                     "resnet_flax/inference/imagenet_classes.txt",
-                    "resnet_flax/io/timm_weights.csv"):  # fmt: skip
+                    "resnet_flax/io/weights.csv"):  # fmt: skip
         assert shipped in names
 
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)

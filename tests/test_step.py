@@ -7,11 +7,8 @@ on a 1-device mesh and on the 8-device mesh and saves both results.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -138,17 +135,9 @@ def resnet50_all_reduces(mesh, impl: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def device_runs(tmp_path_factory) -> dict[str, np.ndarray]:
+def device_runs(tmp_path_factory, on_devices) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("devices") / "runs.npz"
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, __file__, str(out)], env=env, cwd=root, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    on_devices(__file__, out)
     with np.load(out) as runs:
         return dict(runs)
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -349,16 +347,9 @@ def test_the_cpu_kernels_take_grad_vmap_and_checkpoint_as_plain_does(family, mod
 
 
 @pytest.fixture(scope="module")
-def sharded_report(tmp_path_factory) -> dict:
+def sharded_report(tmp_path_factory, on_devices) -> dict:
     out = tmp_path_factory.mktemp("sharded") / "report.json"
-    env = os.environ | {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, __file__, str(out)], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    on_devices(__file__, out)
     return json.loads(out.read_text())
 
 
@@ -392,7 +383,9 @@ def run_sharded(out: str) -> None:
         step = jax.jit(sgd_step(case), compiler_options=QUICK_COMPILE)
         one = step(case.params, x, labels)
         result = {}
-        for axes in ("auto", "explicit"):
+        # explicit mesh axes (jax.make_mesh's default) for every family; automatic ones for one
+        # family without grouped convolutions and the one with
+        for axes in ("explicit", "auto") if family in ("resnet", "seresnext") else ("explicit",):
             kinds = (AxisType.Auto,) if axes == "auto" else (AxisType.Explicit,)
             mesh = jax.make_mesh((8,), ("batch",), axis_types=kinds)
             shard, whole = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
@@ -508,9 +501,10 @@ def test_a_sharded_jit_train_step_partitions_and_agrees_with_one_device(sharded_
     to float32 round-off (the update, measured worst 1.8e-6)."""
     report = sharded_report["families"][family]
     assert report["explicit"]["all_gathers"] == 0, report
-    assert report["auto"]["all_gathers_not_for_a_grouped_conv"] == [], report
-    if family != "seresnext":  # the one family with grouped convolutions
-        assert report["auto"]["all_gathers"] == 0, report
+    if "auto" in report:
+        assert report["auto"]["all_gathers_not_for_a_grouped_conv"] == [], report
+        if family != "seresnext":  # the one family with grouped convolutions
+            assert report["auto"]["all_gathers"] == 0, report
     for axes, result in report.items():
         assert result["all_reduces"] > 0, (axes, result)
         assert result["replicated"], axes

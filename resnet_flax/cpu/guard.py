@@ -78,9 +78,10 @@ def _identity_primitive(name: str) -> Primitive:
     return primitive
 
 
+FFI_OPERAND = "resnet_flax_cpu_ffi_operand"  # the primitive's name, as a jaxpr shows it
 _once = _identity_primitive("resnet_flax_cpu_differentiable_once")
 _tangent = _identity_primitive("resnet_flax_cpu_forward_tangent")
-_ffi = _identity_primitive("resnet_flax_cpu_ffi_operand")
+_ffi = _identity_primitive(FFI_OPERAND)
 
 
 def _refuse(kind: str):

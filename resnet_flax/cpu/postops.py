@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, Var
 
-from resnet_flax.cpu import onednn
+from resnet_flax.cpu import guard, onednn
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,17 @@ def _conv(eqn: JaxprEqn) -> tuple[Var, Var, tuple[int, ...]] | None:
     if eqn.primitive.name != "custom_vjp_call":
         return None
     inner = eqn.params["call_jaxpr"].jaxpr
-    if len(inner.eqns) != 1 or len(inner.invars) != 2 or len(eqn.invars) != 2:
+    if not inner.eqns or len(inner.invars) != 2 or len(eqn.invars) != 2:
         return None
-    call = inner.eqns[0]
+    *marks, call = inner.eqns  # the FFI call, its operands marked (guard.ffi_operand)
     if call.primitive.name != "ffi_call" or call.params["target_name"] != onednn.target("fwd"):
         return None
-    if list(call.invars) != list(inner.invars) or call.outvars != inner.outvars:
+    if any(m.primitive.name != guard.FFI_OPERAND for m in marks):
+        return None
+    source = {m.outvars[0]: m.invars[0] for m in marks}
+    if [source.get(v, v) for v in call.invars] != list(inner.invars):
+        return None
+    if call.outvars != inner.outvars:
         return None
     attribute = dict(call.params["attributes"])["geometry"]  # a jax.ffi HashableArray
     geometry = tuple(int(v) for v in getattr(attribute, "val", attribute))
