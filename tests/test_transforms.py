@@ -212,8 +212,8 @@ def _finite_differences(case: Case, eps: float = 1e-9):
     loss, its gradient and the gradient penalty; along each input direction, of the logits.
     Their error (eps**2 times a third derivative, plus float64's round-off over eps) is ~1e-7
     of the terms they sum, and eps is small enough that no ReLU or max-pool switches."""
-    directions = _directions(case)
     with jax.enable_x64(True):
+        directions = _directions(case)
 
         def run(params, v):
             def quotient(f, step):
