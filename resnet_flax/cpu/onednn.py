@@ -7,10 +7,11 @@ kernels inside the jitted XLA program: :func:`conv_general_dilated` is
 gradient are three XLA FFI custom calls. The handlers are ``ctypes`` callbacks into ``libdnnl``
 (the ``onednn-cpu-gomp`` wheel, the ``[cpu]`` extra), so nothing is compiled at install time.
 
-Primitives are created once per shape and thread and cached. Weights are reordered between
-XLA's HWIO layout and the blocked layout oneDNN picks, inside the call. On an AVX-512 CPU the
-results equal PyTorch's to the bit (same kernels, same summation order); the kernel
-gradient's summation order depends on the thread count (:func:`threads`).
+Primitives are created once per shape (and per call running at the same time) and pooled.
+Weights are reordered between XLA's HWIO layout and the blocked layout oneDNN picks, inside
+the call. On an AVX-512 CPU the results equal PyTorch's to the bit (same kernels, same
+summation order); the kernel gradient's summation order depends on the thread count
+(:func:`threads`).
 
 ``RESNET_FLAX_ONEDNN=0`` turns this off (the CPU kernels then use XLA's convolutions);
 ``RESNET_FLAX_ONEDNN=/path/libdnnl.so.3`` picks a library. Differentiable once (the train step
@@ -21,13 +22,14 @@ needs no more), and neither exportable nor partitioned automatically
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -170,13 +172,16 @@ def _weights(lib: ctypes.CDLL, g: dict, any_format: bool) -> _P:
 
 
 class _Plan:
-    """One convolution direction for one geometry, with its memory objects, on one thread."""
+    """One convolution direction for one geometry, with its memory objects and stream; run by
+    one call at a time (:class:`_Runtime` pools them)."""
 
     def __init__(self, kind: str, g: dict, lib: ctypes.CDLL, engine: _P):
         self.lib, self.engine, self.kind = lib, engine, kind
         self.operands = _operand_names(kind, g)  # the names of an FFI call's buffers, in order
         self.steps: list[tuple[_P, ctypes.Array]] = []  # (primitive, its arguments), in order
         self.buffers: list[np.ndarray] = []  # reordered weights and scratchpads, kept alive
+        self.stream = _P()  # in order; a plan runs on one thread at a time
+        _check(lib.dnnl_stream_create(ctypes.byref(self.stream), engine, _IN_ORDER), "stream")
         attr = _P()
         _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attr")
         _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER), "attr")
@@ -302,15 +307,15 @@ class _Plan:
         packed = (_ExecArg * len(args))(*[_ExecArg(arg, mem) for arg, mem in args])
         self.steps.append((primitive, packed))
 
-    def run(self, stream: _P, pointers: dict[str, int]) -> None:
+    def run(self, pointers: dict[str, int]) -> None:
         """Run on XLA's buffers: ``pointers`` maps ``src``, ``w``, ``dst`` (and ``bias``) to
         their data."""
         lib = self.lib
         for name, memory in self.io.items():
             _check(lib.dnnl_memory_set_data_handle(memory, _P(pointers[name])), "set data handle")
         for primitive, args in self.steps:
-            _check(lib.dnnl_primitive_execute(primitive, stream, len(args), args), "execute")
-        _check(lib.dnnl_stream_wait(stream), "stream wait")
+            _check(lib.dnnl_primitive_execute(primitive, self.stream, len(args), args), "execute")
+        _check(lib.dnnl_stream_wait(self.stream), "stream wait")
 
 
 def _post_ops(lib: ctypes.CDLL, g: dict) -> _P:
@@ -331,28 +336,39 @@ def _post_ops(lib: ctypes.CDLL, g: dict) -> _P:
 
 
 class _Runtime:
+    """The engine, and the plans: a pool per (kind, geometry) of plans not running now.
+
+    A call takes a plan from its pool (or builds one) and puts it back when done, so the plans
+    are as many as the calls that ever ran at once. Not a ``threading.local``: XLA runs the
+    handlers on threads of its own, which Python knows only for the length of one callback (a
+    thread state made and dropped each time), so a per-thread cache was empty at every call,
+    and each call built a plan that was never freed.
+    """
+
     def __init__(self, lib: ctypes.CDLL, threads: int):
         self.lib, self.threads = lib, threads
         self.engine = _P()
         _check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, 0), "engine")
-        self.local = threading.local()
+        self.idle: dict[tuple, list[_Plan]] = {}
+        self.built = 0  # plans built so far (tests bound it)
+        self.lock = threading.Lock()
         self.omp_set_num_threads = ctypes.CDLL("libgomp.so.1").omp_set_num_threads
 
-    def plan(self, kind: str, geometry: tuple[int, ...]) -> _Plan:
-        local = self.local
-        if not hasattr(local, "plans"):
-            local.plans = {}
-            local.stream = _P()
-            _check(
-                self.lib.dnnl_stream_create(ctypes.byref(local.stream), self.engine, _IN_ORDER),
-                "stream",
-            )
+    @contextlib.contextmanager
+    def plan(self, kind: str, geometry: tuple[int, ...]) -> Iterator[_Plan]:
         key = (kind, geometry)
-        if key not in local.plans:
-            local.plans[key] = _Plan(
-                kind, dict(zip(FIELDS, geometry, strict=True)), self.lib, self.engine
-            )
-        return local.plans[key]
+        with self.lock:
+            idle = self.idle.setdefault(key, [])
+            plan = idle.pop() if idle else None
+            self.built += plan is None
+        if plan is None:
+            g = dict(zip(FIELDS, geometry, strict=True))
+            plan = _Plan(kind, g, self.lib, self.engine)
+        try:
+            yield plan
+        finally:
+            with self.lock:
+                idle.append(plan)
 
     def run(self, kind: str, operands: list[int], results: list[int], geometry: tuple) -> None:
         """One FFI call of ``kind`` on XLA's buffers."""
@@ -360,9 +376,8 @@ class _Runtime:
         # when it creates it, and XLA's threads start with OpenMP's default count. Set after,
         # the summation order of a kernel gradient depended on which thread built its plan.
         self.omp_set_num_threads(self.threads)
-        plan = self.plan(kind, geometry)
-        pointers = dict(zip(plan.operands, [*operands, *results], strict=True))
-        plan.run(self.local.stream, pointers)
+        with self.plan(kind, geometry) as plan:
+            plan.run(dict(zip(plan.operands, [*operands, *results], strict=True)))
 
 
 def _operand_names(kind: str, g: dict) -> tuple[str, ...]:
