@@ -93,12 +93,34 @@ def test_overrides_are_typed_by_the_key() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [(t, True) for t in ("true", "True", "yes", "on", "1")]
+    + [(t, False) for t in ("false", "FALSE", "no", "off", "0")],
+)
+def test_boolean_spellings_for_config_keys_and_model_options(text: str, expected: bool) -> None:
+    """ "no" and "off" were kept as strings for a model option, which are truthy: the option
+    went on silently. Both kinds of boolean key now take the spellings, as bools."""
+    config = load_config("resnet18_cifar")
+    apply_overrides(config, [("augment", text), ("model_options.zero_init_residual", text)])
+    validate(config)
+    assert config.augment is expected
+    assert config.model_options.zero_init_residual is expected
+
+
+def test_a_model_option_that_is_not_a_boolean_spelling_is_refused() -> None:
+    config = load_config("resnet18_cifar")
+    apply_overrides(config, [("model_options.zero_init_residual", "nope")])
+    with pytest.raises(ConfigError, match=r"model_options.zero_init_residual=nope.*boolean"):
+        validate(config)
+
+
+@pytest.mark.parametrize(
     ("key", "text", "expected"),
     [
         ("batch_size", "abc", "int"),
         ("batch_size", "0.5", "int"),
         ("batch_size", "true", "int"),
-        ("augment", "1", "bool"),
+        ("augment", "maybe", "a boolean"),
         ("lr_boundaries", "30", "a list such as [30,60]"),
     ],
 )

@@ -201,11 +201,21 @@ def test_adaptive_avg_pool_matches_torch_bins() -> None:
         ("vgg11", {"dropout": 1.5}, r"dropout must be a probability in \[0, 1\); got 1.5"),
         ("resnet18", {"num_classes": 0}, r"num_classes must be a positive integer; got 0"),
         ("resnet18", {"width_per_group": True}, r"width_per_group must be a positive integer"),
+        ("resnet18", {"num_classes": 10.5}, r"num_classes must be a positive integer"),
+        ("resnet18", {"zero_init_residual": "no"}, r"zero_init_residual must be True or False"),
+        ("resnetv2_50", {"zero_init_residual": 1}, r"zero_init_residual must be True or False"),
     ],
 )
 def test_create_model_names_the_bad_option(name, options, message):
     with pytest.raises(ValueError, match=rf"^{name}: .*{message}"):
         resnet_flax.create_model(name, **options)
+
+
+def test_numpy_scalars_are_accepted_where_python_ones_are():
+    model = resnet_flax.create_model(
+        "resnet18", num_classes=np.int64(10), zero_init_residual=np.bool_(True)
+    )
+    assert model.num_classes == 10 and model.zero_init_residual
 
 
 @pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int32, jnp.bool_])

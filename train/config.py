@@ -139,7 +139,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     old = node.get(leaf)
     if isinstance(old, ml_collections.ConfigDict):
         raise ConfigError(f"config key {key!r} is a group: set its keys, e.g. --config.{key}.X=...")
-    value = _typed_value(old, text)
+    value = _typed_value(key, old, text)
     wrong = f"--config.{key}={text}: got {_describe(value)}, expected {_type_name(old)}."
     if isinstance(value, bool) and isinstance(old, int | float) and not isinstance(old, bool):
         raise ConfigError(wrong)
@@ -149,8 +149,25 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         raise ConfigError(wrong) from None
 
 
-def _typed_value(old: Any, text: str) -> Any:
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+            "false": False, "no": False, "off": False, "0": False}  # fmt: skip
+
+
+def parse_bool(key: str, text: str) -> bool:
+    """A command-line boolean: true/false, yes/no, on/off, 1/0 (any case), else an error that
+    names the key: the string "no" is truthy, so a mistyped boolean must not pass as one."""
+    value = BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(
+            f"--config.{key}={text}: expected a boolean (true/false, yes/no, on/off, 1/0)."
+        )
+    return value
+
+
+def _typed_value(key: str, old: Any, text: str) -> Any:
     """Parse ``text`` for a key holding ``old``: string keys keep the text unless quoted."""
+    if isinstance(old, bool):
+        return parse_bool(key, text)
     if not isinstance(old, str):
         return parse_value(text)
     if text[:1] in ("'", '"'):
@@ -239,6 +256,12 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
                 f"model_options.{key} is not an option of {config.model}.{hint} "
                 f"Options: {', '.join(options)}."
             )
+        value = config.model_options[key]
+        if isinstance(allowed[key], bool) and not isinstance(value, bool):
+            # a command line's new key arrives as parsed text ("no" stays a string)
+            value = parse_bool(f"model_options.{key}", str(value))
+            del config.model_options[key]  # a field keeps its first type: set it anew
+            config.model_options[key] = value
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from resnet_flax.models.layers import impl_names
 
@@ -59,20 +62,34 @@ _FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 def check_options(module: Any) -> None:
     """:func:`check_model_options` on a module's own fields (a model built directly)."""
-    fields = {name: getattr(module, name) for name in module.__dataclass_fields__}
-    check_model_options(type(module).__name__, fields)
+    fields = module.__dataclass_fields__.values()
+    options = {f.name: getattr(module, f.name) for f in fields}
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    check_model_options(type(module).__name__, options, defaults)
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool | np.bool_)
+        and (value > 0)
+    )
 
 
-def check_model_options(model: str, options: dict[str, Any]) -> None:
+def check_model_options(
+    model: str, options: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> None:
     """Raise ``ValueError`` naming the first option of ``model`` that JAX would trip over (or,
-    worse, accept): counts, dilation flags, dtype, dropout rate."""
+    worse, accept): counts, booleans (an option whose default in ``defaults`` is one), dilation
+    flags, dtype, dropout rate."""
 
     def bad(option: str, value: Any, expected: str) -> ValueError:
         return ValueError(f"{model}: {option} must be {expected}; got {value!r}.")
+
+    for option, default in (defaults or {}).items():
+        value = options.get(option, default)
+        if isinstance(default, bool) and not isinstance(value, bool | np.bool_):
+            raise bad(option, value, "True or False")  # "no" and "off" are truthy strings
 
     counts = (
         "num_classes",

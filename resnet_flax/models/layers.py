@@ -217,10 +217,17 @@ class BatchNorm(nn.Module):
         if not train:
             return affine(x, scale, bias, ra_mean.value, ra_var.value, self.epsilon, self.dtype)
 
+        n = statistics_count(x, self.axis_name)
+        if n == 1 and not self.is_initializing():  # torch: "Expected more than 1 value ..."
+            raise ValueError(
+                f"BatchNorm {'/'.join(self.scope.path)!r} in training mode sees one value per "
+                f"channel (input {tuple(x.shape)}): it would output its bias whatever the input, "
+                "and its running variance would decay to 0. Train with more examples per "
+                "device (batch_size) or larger images, or call it with train=False."
+            )
         train_fn = kernels(self.impl).batch_norm_train
         y, mean, var = train_fn(x, scale, bias, self.epsilon, self.axis_name, self.dtype)
         if not self.is_initializing():
-            n = statistics_count(x, self.axis_name)
             unbiased = var * (n / max(n - 1, 1))  # torch's running_var convention
             ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
             ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
@@ -328,16 +335,21 @@ def global_moments(
 ) -> tuple[jax.Array, jax.Array]:
     """The global batch's mean and biased variance from each device's own, in one all-reduce.
 
-    The devices average ``[mean, var + mean**2]`` (mean and mean of squares) as one stacked
-    array: a synced BatchNorm then costs one latency-bound all-reduce instead of two dependent
-    ones. Each device's variance is still two-pass, so only the spread of the per-device
-    means goes through ``E[x^2] - E[x]^2``. Every device holds the same number of values,
-    so the plain average is the global one.
+    Each device puts its ``(mean, var)`` pair in its own slot of a ``[devices, 2, C]`` array
+    and one ``psum`` gives every device every pair (a synced BatchNorm costs one
+    latency-bound all-reduce each way, not two dependent ones). The pairs are combined
+    exactly, as torch's SyncBatchNorm combines them (Chan et al.): the mean of the variances
+    plus the variance of the means, both two-pass; ``E[var + mean**2] - mean**2`` cancelled
+    where a channel's mean is large against its spread. Every device holds the same number of
+    values, so plain averages are the global ones.
     """
     if axis_name is None:
         return mean, var
-    mean, mean_sq = jax.lax.pmean(jnp.stack([mean, var + jnp.square(mean)]), axis_name)
-    return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    slots = jnp.zeros((jax.lax.axis_size(axis_name), 2, *mean.shape), mean.dtype)
+    slots = slots.at[jax.lax.axis_index(axis_name)].set(jnp.stack([mean, var]))
+    means, variances = jnp.moveaxis(jax.lax.psum(slots, axis_name), 1, 0)
+    mean = jnp.mean(means, axis=0)
+    return mean, jnp.mean(variances, axis=0) + jnp.mean(jnp.square(means - mean), axis=0)
 
 
 def max_pool(

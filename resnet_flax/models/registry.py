@@ -187,7 +187,7 @@ def create_model(name: str, **options: Any) -> nn.Module:
                 f"unknown option {key!r} for model {name!r}.{did_you_mean(key, allowed)} "
                 f"Options: {', '.join(sorted(allowed))}."
             )
-    check_model_options(name, fixed | options)
+    check_model_options(name, fixed | options, allowed)
     return cls(**(fixed | options))
 
 
