@@ -12,6 +12,8 @@ import functools
 import hashlib
 import http.server
 import threading
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,6 +22,7 @@ import pytest
 import resnet_flax
 from resnet_flax.io import hub, weights
 from resnet_flax.io.convert import save_torchvision
+from resnet_flax.io.download import download
 from resnet_flax.io.weights import BASE_URL_ENV, weights_for
 from resnet_flax.models.registry import init_variables
 
@@ -34,6 +37,16 @@ class _Files(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Length", "1000")
             self.end_headers()
             self.wfile.write(b"x" * 10)
+            return
+        if self.path.endswith(".slow"):  # streamed in pieces, so two downloads overlap
+            body = Path(self.directory, self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), len(body) // 8 + 1):
+                self.wfile.write(body[start : start + len(body) // 8 + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
             return
         super().do_GET()
 
@@ -114,6 +127,34 @@ def test_a_file_whose_hash_differs_is_refused_and_not_kept(published, monkeypatc
     with pytest.raises(hub.WeightsError, match=message + ": refused, nothing kept"):
         resnet_flax.load_pretrained("resnet18.tv_in1k")
     assert list(published[2].iterdir()) == []
+
+
+def test_two_downloads_of_one_file_at_once_both_end_with_the_right_file(server, tmp_path):
+    """Each download streams into a temporary file of its own, checks it, then renames it into
+    place: with one shared FILE.part, the second truncated the first, which renamed a corrupt
+    file into the cache (its hash had passed while streaming)."""
+    folder, url = server
+    body = np.random.default_rng(0).bytes(1 << 20)
+    (folder / "models").mkdir()
+    (folder / "models" / "blob.slow").write_bytes(body)
+    sha = hashlib.sha256(body).hexdigest()
+    dest = tmp_path / "cache" / "blob.bin"
+    errors: list[BaseException] = []
+
+    def fetch():
+        try:
+            download(f"{url}/blob.slow", dest, algorithm="sha256", expected=sha, progress=False)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert dest.read_bytes() == body
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["blob.bin"]  # no leftovers
 
 
 def test_a_truncated_download_is_refused_and_not_kept(published, monkeypatch):
