@@ -129,6 +129,13 @@ def test_a_file_whose_hash_differs_is_refused_and_not_kept(published, monkeypatc
     assert list(published[2].iterdir()) == []
 
 
+def test_bad_options_fail_before_anything_is_downloaded(published):
+    info, _, cache, _ = published
+    with pytest.raises(ValueError, match="num_classes must be a positive integer; got 10.5"):
+        resnet_flax.load_pretrained(info.tag, num_classes=10.5)
+    assert _Files.requests == [] and not cache.exists()
+
+
 def test_two_downloads_of_one_file_at_once_both_end_with_the_right_file(server, tmp_path):
     """Each download streams into a temporary file of its own, checks it, then renames it into
     place: with one shared FILE.part, the second truncated the first, which renamed a corrupt

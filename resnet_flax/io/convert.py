@@ -84,9 +84,9 @@ def load_torchvision(
     head (``seed`` option, default 0) and warns. Returns ``(model, variables)``.
     """
     where = "state_dict mapping" if isinstance(source, Mapping) else str(source)
-    state = read_state_dict(source)
     seed = options.pop("seed", 0)
-    probe = create_model(name, **options)
+    probe = create_model(name, **options)  # bad options fail before the file is read
+    state = read_state_dict(source)
     head = probe.head
     head_weight = next((v for k, v in state.items() if _is_head_kernel(k.split("."), head)), None)
     file_classes = None if head_weight is None else int(np.shape(head_weight)[0])

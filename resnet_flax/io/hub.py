@@ -158,4 +158,6 @@ def load_pretrained(
     else:
         registry.model_options(name_or_tag)  # an unknown name fails here, suggesting close ones
         entry = resolve(weights or "DEFAULT", name_or_tag)
+    # bad options fail before a download
+    registry.create_model(entry.model, **{k: v for k, v in options.items() if k != "seed"})
     return load_torchvision(entry.model, fetch(entry), **options)
