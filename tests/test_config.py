@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -218,25 +217,24 @@ def test_validation_errors(overrides: list[tuple[str, str]], message: str) -> No
         validate(config)
 
 
-def test_cli_writes_the_resolved_config(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_hands_the_resolved_config_to_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The run writes config.json itself, once nothing can refuse it (tests/test_loop.py)."""
     runs: list[tuple] = []
     monkeypatch.setattr(cli, "_run", lambda config, workdir, eval_only: runs.append(
         (config, workdir, eval_only)) or {"accuracy": 0.5})  # fmt: skip
     workdir = tmp_path / "run"
     argv = ["--config", "resnet20_digits", "--workdir", str(workdir)]
     assert cli.main([*argv, "--config.learning_rate=0.05", "--config.seed", "3"]) == 0
-    saved = json.loads((workdir / "config.json").read_text())
-    assert (saved["name"], saved["learning_rate"], saved["seed"]) == ("resnet20_digits", 0.05, 3)
-    config, _, eval_only = runs[0]
-    assert config.learning_rate == 0.05 and not eval_only
+    config, where, eval_only = runs[0]
+    assert (config.name, config.learning_rate, config.seed) == ("resnet20_digits", 0.05, 3)
+    assert str(where) == str(workdir) and not eval_only
     with pytest.raises(AttributeError):
         config.new_key = 1  # the config handed to the loop is locked
     assert '"accuracy": 0.5' in capsys.readouterr().out
+    assert not workdir.exists()  # nothing written by the CLI itself
 
     assert cli.main([*argv, "--eval_only", "--config.flip_tta=true"]) == 0
-    assert json.loads((workdir / "eval_config.json").read_text())["flip_tta"] is True
-    assert json.loads((workdir / "config.json").read_text())["flip_tta"] is False
-    assert runs[1][2] is True
+    assert runs[1][0].flip_tta is True and runs[1][2] is True
 
 
 @pytest.mark.parametrize("stopped_by, code", [("SIGTERM", 143), ("SIGINT", 130), (None, 0)])
@@ -284,9 +282,10 @@ def test_data_and_device_errors_come_before_anything_is_written(
 
 def test_cli_default_workdir(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "_run", lambda *args: {})
+    runs: list = []
+    monkeypatch.setattr(cli, "_run", lambda config, workdir, eval_only: runs.append(workdir) or {})
     assert cli.main(["--config", "lenet5_cifar"]) == 0
-    assert (tmp_path / "runs" / "lenet5_cifar" / "config.json").is_file()
+    assert str(runs[0]) == "runs/lenet5_cifar"
 
 
 @pytest.mark.parametrize(

@@ -495,8 +495,9 @@ def test_stream_without_augment_trains_on_the_eval_crop(tmp_path):
 
 def test_stream_eval_covers_each_example_once(jpeg_tree):
     root, _ = jpeg_tree
-    assert stream_info("folder", str(root), "val") == (9, 3)
-    assert stream_info("imagenet2012", str(root), "validation") == (9, 3)  # val/ stands in
+    info = stream_info("folder", str(root), "val")
+    assert info[:2] == (9, 3) and len(info.class_names) == 3
+    assert stream_info("imagenet2012", str(root), "validation") == info  # val/ stands in
     assert stream_info("folder", str(root), "val[:5]").size == 5
     files = sorted((root / "val").glob("*/*.jpg"), key=lambda p: (p.parent.name, p.name))
     expected = {p.name: eval_crop(str(p), 32) for p in files}

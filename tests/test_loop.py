@@ -61,6 +61,7 @@ def uninterrupted(tmp_path_factory, tiny_config) -> tuple[Path, dict]:
 def test_uninterrupted_run(uninterrupted):
     workdir, result = uninterrupted
     assert result["step"] == 8 and not result["interrupted"]
+    assert json.loads((workdir / "config.json").read_text())["name"] == "tiny"
     lines = records(workdir)
     assert sorted(k for k in lines if k[0] == "eval") == [("eval", 4), ("eval", 8)]
     assert sorted(k[1] for k in lines if k[0] == "train") == [2, 4, 6, 8]
@@ -225,10 +226,12 @@ def test_a_second_trainer_on_a_workdir_is_refused(tmp_path, tiny_config):
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock_held_by(alive.pid)
+        (tmp_path / "config.json").write_text("the live run's")
+        before = snapshot(tmp_path)
         message = rf"in use by process {alive.pid} on host {socket.gethostname()}.*--workdir"
         with pytest.raises(WorkdirLocked, match=message):
             loop.train_and_evaluate(tiny_config(max_steps=1), tmp_path)
-        assert not (tmp_path / "checkpoints").exists()  # refused before anything was written
+        assert snapshot(tmp_path) == before  # refused before anything was written
     finally:
         alive.kill()
         alive.wait()
@@ -236,3 +239,127 @@ def test_a_second_trainer_on_a_workdir_is_refused(tmp_path, tiny_config):
     with pytest.warns(UserWarning, match=rf"taking over the lock of process {alive.pid}"):
         result = loop.train_and_evaluate(tiny_config(max_steps=1), tmp_path)
     assert result["step"] == 1 and not (tmp_path / LOCK_FILE).exists()  # released at the end
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) below ``folder``."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, tiny_config) -> Path:
+    workdir = tmp_path_factory.mktemp("stopped")
+    loop.train_and_evaluate(tiny_config(max_steps=1), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(batch_size=16), r"batch_size=32, this config has batch_size=16.*batch_size=32"),
+        (dict(model="resnet32"), r"model='resnet20'.*--config.model=resnet20,"),
+        (
+            dict(model_options={"zero_init_residual": True}),
+            r"model_options=\{\}, this config has model_options=\{'zero_init_residual': True\}",
+        ),
+        (dict(train_split="train[128:256]"), r"--config.train_split=train\[:128\]"),
+        (dict(dataset="fake", num_classes=10), r"dataset='digits'.*--config.dataset=digits"),
+    ],
+)
+def test_refused_resume_names_the_difference_and_writes_nothing(
+    stopped_run, tiny_config, change, message
+):
+    """Another model, other data or batches: named from the checkpoint's record (not 'no
+    readable checkpoint'), and the workdir (config.json included) is left byte-identical."""
+    before = snapshot(stopped_run)
+    with pytest.raises(loop.CheckpointError, match=message):
+        loop.train_and_evaluate(tiny_config(**change), stopped_run)
+    assert snapshot(stopped_run) == before
+
+
+def test_a_resume_refused_for_other_classes(stopped_run, tiny_config, monkeypatch):
+    """Same data set name and size, other classes (another folder, say): refused."""
+    original = loop.load_arrays
+
+    def renamed(*args, class_names=None, **kwargs):
+        data = original(*args, **kwargs)  # both splits: digits' own classes
+        data.class_names = [f"n{name}" for name in data.class_names]
+        return data
+
+    monkeypatch.setattr(loop, "load_arrays", renamed)
+    before = snapshot(stopped_run)
+    with pytest.raises(loop.CheckpointError, match=r"10 classes \(0, 1, 2, \.\.\.\).*n0, n1"):
+        loop.train_and_evaluate(tiny_config(), stopped_run)
+    assert snapshot(stopped_run) == before
+
+
+def _folder(root: Path, classes: dict[str, list[str]], size: int = 20) -> None:
+    """``{split: [class, ...]}``: three PNGs per class, each class a colour of its own."""
+    from PIL import Image
+
+    for split, names in classes.items():
+        for name in names:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            shade = 40 * (ord(name[0]) % 6)
+            for i in range(3):
+                Image.new("RGB", (size + i, size), (shade, i, 0)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("image_size", [16, 65])  # held in memory, streamed
+def test_evaluation_labels_are_the_training_classes_by_name(tmp_path, tiny_config, image_size):
+    """val/ holds a subset of train/'s classes: its labels are train's indices, by name."""
+    _folder(tmp_path / "data", {"train": ["cat", "dog", "fox"], "val": ["dog", "fox"]})
+    config = tiny_config(
+        dataset="folder", data_dir=str(tmp_path / "data"), train_split="train",
+        eval_split="val", image_size=image_size, num_classes=0, num_workers=0,
+        batch_size=3, eval_batch_size=3,
+    )  # fmt: skip
+    built = loop.build(config)
+    assert built.num_classes == 3 and built.class_names == ["cat", "dog", "fox"]
+    labels = [
+        int(label)
+        for batch in built.eval_data.eval_batches()
+        for label, real in zip(*jax.device_get((batch.get("label"), batch["mask"])), strict=True)
+        if real
+    ] if image_size > 64 else list(np.asarray(built.eval_data.data["label"]))  # fmt: skip
+    assert sorted(labels) == [1, 1, 1, 2, 2, 2]
+
+
+def test_an_evaluation_class_training_lacks_is_refused_before_anything_is_written(tmp_path):
+    from train import cli
+
+    _folder(tmp_path / "data", {"train": ["cat", "dog"], "val": ["cat", "emu", "dog", "yak"]})
+    workdir = tmp_path / "run"
+    argv = ["--config", "resnet20_digits", "--workdir", str(workdir), "--config.dataset=folder"]
+    argv += [f"--config.data_dir={tmp_path / 'data'}", "--config.eval_split=val"]
+    argv += ["--config.image_size=16", "--config.num_classes=0"]
+    assert cli.main(argv) == 2
+    assert not workdir.exists()
+
+
+def test_eval_only_labels_by_the_checkpoints_classes(tmp_path, tiny_config):
+    """--eval_only on a split with fewer classes: the checkpoint's 3 classes, not val's 2."""
+    _folder(tmp_path / "data", {"train": ["cat", "dog", "fox"], "val": ["dog", "fox"]})
+    config = dict(
+        dataset="folder", data_dir=str(tmp_path / "data"), train_split="train",
+        eval_split="train", num_classes=0, batch_size=3, eval_batch_size=3, max_steps=1,
+    )  # fmt: skip
+    loop.train_and_evaluate(tiny_config(**config), tmp_path / "run")
+    metrics = loop.evaluate(tiny_config(**config | {"eval_split": "val"}), tmp_path / "run")
+    assert metrics["step"] == 1 and np.isfinite(metrics["loss"])
+    assert json.loads((tmp_path / "run" / "eval_config.json").read_text())["eval_split"] == "val"
+
+
+def test_the_cli_refusing_a_resume_leaves_config_json_as_it_was(stopped_run, capsys):
+    from train import cli
+
+    before = snapshot(stopped_run)
+    argv = ["--config", "resnet20_digits", "--workdir", str(stopped_run)]
+    argv += ["--config.train_split=train[:128]", "--config.batch_size=64"]
+    assert cli.main(argv) == 2
+    assert "trained with batch_size=32" in capsys.readouterr().err
+    assert snapshot(stopped_run) == before

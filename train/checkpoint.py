@@ -185,6 +185,19 @@ class Checkpoints:
             f"to start over, or point config.checkpoint at a good one."
         )
 
+    def saved_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The ``meta`` of ``step`` (default the latest), read alone (no arrays); ``{}`` if
+        there is no step or its meta is unreadable (:meth:`restore` then says why)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return {}
+        args = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception:  # unreadable: restore() skips it with a warning
+            return {}
+        return dict(restored[META])
+
     def _unreadable_here(self, step: int) -> BaseException | None:
         """Why this process cannot read ``step``: a file differs from its recorded checksum, or
         the metadata is unreadable; None if it can (no collectives)."""
@@ -323,6 +336,17 @@ def resolve(path: paths.PathLike) -> tuple[paths.Path, int | None]:
     if path.name.isdigit() and (path / STATE).is_dir():
         return path.parent, int(path.name)
     return path, None
+
+
+def read_meta(path: paths.PathLike) -> dict[str, Any]:
+    """The ``meta`` of the checkpoint a user's path names (see :func:`resolve`), arrays unread;
+    ``{}`` if it has none readable."""
+    directory, step = resolve(path)
+    checkpoints = Checkpoints(directory, read_only=True)
+    try:
+        return checkpoints.saved_meta(step)
+    finally:
+        checkpoints.close()
 
 
 def load_variables(path: paths.PathLike, mesh: Mesh) -> tuple[dict[str, Any], dict[str, Any], int]:

@@ -110,7 +110,8 @@ def _run(config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, write ``WORKDIR/config.json``, run; returns the exit code."""
+    """Parse ``argv`` and run; returns the exit code. The run writes ``WORKDIR/config.json``
+    (``eval_config.json`` for ``--eval_only``) once every check that can refuse it passed."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, overrides = split_overrides(argv)
@@ -118,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args.config, overrides)
         workdir = paths.as_path(args.workdir or f"runs/{config.name}")
         _check_before_run(config)
-        saved = _save_config(config, workdir, args.eval_only)
-        print(f"config {config.name} (written to {saved}):\n{saved.read_text()}", flush=True)
         results = _run(config, workdir, args.eval_only)
     except ValueError as error:  # the project's bad-input errors: ConfigError, DataError, ...
         print(f"error: {error}", file=sys.stderr)
@@ -136,18 +135,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128 + signal.Signals[results["signal"]].value
     return 0
-
-
-def _save_config(
-    config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool
-) -> paths.Path:
-    """Write the resolved config as JSON; --eval_only keeps the training run's config.json."""
-    saved = workdir / ("eval_config.json" if eval_only else "config.json")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(config.to_json(indent=2, sort_keys=True) + "\n")
-    except OSError as error:
-        raise ConfigError(
-            f"cannot write {saved}: {error.strerror or error}; choose another --workdir."
-        ) from None
-    return saved

@@ -340,3 +340,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     _check_model(config)
     return config
+
+
+def save_config(config: ml_collections.ConfigDict, path: paths.PathLike) -> str:
+    """Write ``config`` as JSON to ``path``; returns the text. A ConfigError names the path
+    when it cannot be written."""
+    path = paths.as_path(path)
+    text = config.to_json(indent=2, sort_keys=True) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {path}: {error.strerror or error}; choose another --workdir."
+        ) from None
+    return text

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -44,8 +45,10 @@ from .checkpoint import (
     Checkpoints,
     abstract_tree,
     load_variables,
+    read_meta,
     resolve,
 )
+from .config import save_config
 from .data import (
     ArrayDataset,
     augment_cifar,
@@ -56,7 +59,7 @@ from .data import (
     stream_info,
 )
 from .data.errors import require_dir
-from .data.request import StreamSpec
+from .data.request import StreamInfo, StreamSpec
 from .feed import ArrayInput, StreamInput
 from .lock import WorkdirLock
 from .metrics import MetricsWriter, Progress
@@ -83,7 +86,7 @@ def _data_dir(config: Any) -> str | None:
     return config.data_dir or None
 
 
-def _load(config: Any, split: str) -> ArrayDataset | None:
+def _load(config: Any, split: str, class_names: Sequence[str] | None = None) -> ArrayDataset | None:
     """A split held in memory (host numpy arrays), or None for a streamed data set."""
     if not dataset_spec(config.dataset).in_memory(config.image_size):
         return None
@@ -94,15 +97,24 @@ def _load(config: Any, split: str) -> ArrayDataset | None:
         config.image_size,
         num_classes=config.num_classes or None,
         seed=config.seed,
+        class_names=class_names,
     )
 
 
+def _stream_info(config: Any, split: str, class_names: Sequence[str] | None) -> StreamInfo:
+    return stream_info(config.dataset, _data_dir(config), split, class_names)
+
+
 def _input(
-    config: Any, mesh: Mesh, split: str, arrays: ArrayDataset | None, batch_size: int
+    config: Any,
+    mesh: Mesh,
+    split: str,
+    data: ArrayDataset | StreamInfo,
+    batch_size: int,
 ) -> Input:
     """The split as an on-device :class:`ArrayInput` or a grain :class:`StreamInput`."""
-    if arrays is not None:
-        return ArrayInput(mesh, arrays, batch_size, config.seed)
+    if isinstance(data, ArrayDataset):
+        return ArrayInput(mesh, data, batch_size, config.seed)
     workers = config.num_workers
     spec = StreamSpec(
         dataset=config.dataset,
@@ -112,9 +124,9 @@ def _input(
         augment=config.augment,
         seed=config.seed,
         num_workers=workers if workers >= 0 else default_num_workers(jax.local_device_count()),
+        class_names=data.class_names,
     )
-    info = stream_info(config.dataset, _data_dir(config), split)
-    return StreamInput(mesh, spec, batch_size, info.size, info.num_classes)
+    return StreamInput(mesh, spec, batch_size, data.size, data.num_classes)
 
 
 def check_before_run(config: Any) -> None:
@@ -163,6 +175,7 @@ class Built:
     eval_data: Input
     num_classes: int
     model: nn.Module
+    class_names: list[str]  # what the labels index
 
     def normalize(self, images: jax.Array) -> jax.Array:
         """uint8 images -> the model's input: the data set's mean/std, in ``config.dtype``."""
@@ -206,19 +219,34 @@ class Built:
         return result
 
 
-def build(config: Any, *, train: bool = True) -> Built:
+def _split(config: Any, split: str, class_names: Sequence[str] | None) -> ArrayDataset | StreamInfo:
+    """A split's arrays (in memory) or its size and classes (streamed), labelled by
+    ``class_names`` (None: its own classes)."""
+    arrays = _load(config, split, class_names)
+    return arrays if arrays is not None else _stream_info(config, split, class_names)
+
+
+def build(config: Any, *, train: bool = True, class_names: Sequence[str] | None = None) -> Built:
     """The mesh, the data (the training split only when ``train``), the model and its
-    evaluation, from ``config``."""
-    train_arrays = _load(config, config.train_split) if train else None
-    eval_arrays = _load(config, config.eval_split)
+    evaluation, from ``config``.
+
+    Every split is labelled by the training split's classes, by name (``class_names``, a
+    checkpoint's, when there is no training split): an evaluation split may hold a subset of
+    them, and one with another class is refused here, before anything runs.
+    """
+    train_split = _split(config, config.train_split, class_names) if train else None
+    if train_split is not None:
+        class_names = train_split.class_names
+    eval_split = _split(config, config.eval_split, class_names)
     mesh = _start(config)
     train_data = None
-    if train:
-        train_data = _input(config, mesh, config.train_split, train_arrays, config.batch_size)
-    eval_data = _input(config, mesh, config.eval_split, eval_arrays, config.eval_batch_size)
+    if train_split is not None:
+        train_data = _input(config, mesh, config.train_split, train_split, config.batch_size)
+    eval_data = _input(config, mesh, config.eval_split, eval_split, config.eval_batch_size)
     num_classes = config.num_classes or (train_data or eval_data).num_classes
     model = _model(config, num_classes)
-    return Built(config, mesh, train_data, eval_data, num_classes, model)
+    class_names = list((train_split or eval_split).class_names)
+    return Built(config, mesh, train_data, eval_data, num_classes, model, class_names)
 
 
 class _StopRequest:
@@ -280,22 +308,27 @@ class _Run:
         self.schedule = make_schedule(config, self.steps_per_epoch)
         variables = built.init_variables()  # before anything is written: the model may refuse
         # After build(), which starts multi-process JAX: the lock asks which process this is.
+        # A run refused from here on leaves the workdir as it found it: folders it created
+        # are removed again, and config.json is written only once every check has passed.
         self.lock = WorkdirLock(workdir)
+        created = [d for d in (workdir, workdir / "checkpoints") if not d.exists()]
         self.lock.acquire()
         try:
             self._open(workdir, variables)
         except BaseException:
             self.lock.release()
+            _remove_empty(reversed(created))
             raise
         self.result: dict[str, Any] = {"train": None, "eval": None}
 
     def _open(self, workdir: paths.Path, variables: dict[str, Any]) -> None:
-        """Checkpoints (restored from, if any), the train step and the metrics writer."""
+        """Checkpoints (restored from, if any), config.json, the train step and the metrics."""
         config, built = self.config, self.built
         self.checkpoints = Checkpoints(
             workdir / "checkpoints", keep=config.keep_checkpoints, keep_best=config.keep_best
         )
         self.state, self.sums, self.meta = self._initial_state(variables)
+        _write_config(config, workdir / "config.json")
         in_memory = self.train_data.data is not None
         self.train_step = make_train_step(
             self.mesh,
@@ -316,6 +349,8 @@ class _Run:
         sums = distributed.replicate(mesh, train_metrics_zeros())
         meta: dict[str, Any] = {"best_accuracy": None, "best_step": None}
         resume = self.checkpoints.latest_step() is not None
+        if resume:  # before reading any array: a mismatch is named, not a restore failure
+            self._check_resume(self.checkpoints.saved_meta())
         if config.pretrained and not resume:
             loaded = pretrained_variables(
                 config.pretrained,
@@ -331,23 +366,49 @@ class _Run:
             return state, sums, meta
         target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
         restored, meta, step = self.checkpoints.restore(target, quarantine=True)
-        self._check_resume(meta)
+        self._check_resume(meta)  # the step restored may be an older one
         _say(f"resuming from step {step} of {self.total_steps} ({self.checkpoints.directory})")
         return restored["train_state"], restored["metrics"], meta
 
-    def _check_resume(self, meta: dict[str, Any]) -> None:
-        """A checkpoint's data position only means the same with the same batches."""
+    def _run_record(self) -> dict[str, Any]:
+        """What a checkpoint records of the run, and a resume must find again: the model and
+        the batches (a data position means the same only with the same data and batches)."""
         config = self.config
-        if meta.get("batch_size", config.batch_size) != config.batch_size:
+        return {
+            "model": config.model,
+            "model_options": config.model_options.to_dict(),
+            "num_classes": self.num_classes,
+            "dataset": config.dataset,
+            "train_split": config.train_split,
+            "train_size": self.train_data.size,
+            "class_names": self.built.class_names,
+            "batch_size": config.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+    def _check_resume(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint of another model or other data, naming what differs
+        (checkpoints written before a key was recorded are not checked for it)."""
+        where = f"the checkpoint in {self.checkpoints.directory}"
+        for key, value in self._run_record().items():
+            saved = meta.get(key, value)
+            if saved == value:
+                continue
+            if key == "class_names":
+                raise CheckpointError(
+                    f"{where} was trained on {len(saved)} classes ({_first_names(saved)}); "
+                    f"this data set's training split has {len(value)} ({_first_names(value)}): "
+                    f"the data set differs. Point data_dir at the data it was trained on, or "
+                    f"use a new workdir."
+                )
+            if key in ("train_size", "steps_per_epoch"):
+                raise CheckpointError(
+                    f"{where} was trained on a split with {key}={saved}, this config's has "
+                    f"{value}: the training data differs. Use the same data, or a new workdir."
+                )
             raise CheckpointError(
-                f"the checkpoint in this workdir was trained with batch_size="
-                f"{meta['batch_size']}; resume with that batch size, or use a new workdir."
-            )
-        if meta.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
-            raise CheckpointError(
-                f"the checkpoint in this workdir had {meta['steps_per_epoch']} steps per epoch, "
-                f"this config has {self.steps_per_epoch}: the training split differs. Use a "
-                f"new workdir."
+                f"{where} was trained with {key}={saved!r}, this config has {key}={value!r}: "
+                f"resume with --config.{key}={_cli_value(saved)}, or use a new workdir."
             )
 
     def train(self) -> dict[str, Any]:
@@ -448,10 +509,8 @@ class _Run:
         self.meta.update(
             step=self.step,
             epoch=self.step / self.steps_per_epoch,
-            steps_per_epoch=self.steps_per_epoch,
-            batch_size=self.config.batch_size,
             config=self.config.name,
-            model=self.config.model,
+            **self._run_record(),
         )
         tree = {"train_state": self.state, "metrics": self.sums}
         self.checkpoints.save(self.step, tree, dict(self.meta), accuracy)
@@ -473,6 +532,30 @@ class _Run:
 def _say(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
+
+
+def _write_config(config: Any, path: paths.Path) -> None:
+    """Write (process 0) and show the config a run or an evaluation goes ahead with."""
+    if jax.process_index() == 0:
+        text = save_config(config, path)
+        print(f"config {config.name} (written to {path}):\n{text}", flush=True)
+
+
+def _remove_empty(folders: Iterable[paths.Path]) -> None:
+    """Remove these folders where they are (still) empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _first_names(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _cli_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
@@ -505,13 +588,16 @@ def evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
         )
     source = config.checkpoint or workdir
     directory, _ = resolve(source)
-    built = build(config, train=False)
+    # Labels index the classes the checkpoint was trained on (recorded since they are).
+    trained_on = read_meta(source).get("class_names")
+    built = build(config, train=False, class_names=trained_on)
     variables, meta, step = load_variables(source, built.mesh)
     if shapes(variables) != shapes(built.init_variables(abstract=True)):
         raise CheckpointError(
             f"the checkpoint in {directory} does not fit model {config.model} with "
             f"num_classes={built.num_classes}: evaluate with the config it was trained with."
         )
+    _write_config(config, workdir / "eval_config.json")
     metrics = built.evaluate(variables)
     epoch = step / meta["steps_per_epoch"] if meta.get("steps_per_epoch") else 0.0
     with MetricsWriter(workdir) as writer:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .array_dataset import ArrayDataset
+from .classes import is_identity, label_map
 from .errors import DataError
 from .registry import dataset_spec
 from .request import Request
@@ -17,6 +20,7 @@ def load_arrays(
     *,
     num_classes: int | None = None,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> ArrayDataset:
     """Load a split of `dataset` into memory as uint8 (N, S, S, 3) images and int32 labels.
 
@@ -26,6 +30,8 @@ def load_arrays(
     scikit-learn), fake (random; `num_classes` defaults to 1000, `seed` picks the draw).
     split: a split name, optionally sliced: 'train', 'test', 'train[:45000]', 'train[90%:]'.
     num_classes: when given, it must match the data set's class count.
+    class_names: label by these classes (another split's, by name; a DataError for a class
+    they lack) instead of the split's own.
     Decoding a folder of more than 2,000 images uses worker processes started with "spawn",
     so a script calling this must do so under `if __name__ == "__main__":`.
     """
@@ -39,6 +45,9 @@ def load_arrays(
         )
     name, bounds = parse_split(split)
     images, labels, names = spec.load(Request(data_dir, name, image_size, num_classes, seed))
+    if class_names is not None and not is_identity(names, class_names):
+        labels = label_map(names, class_names, f"{dataset} split {name!r}")[labels]
+        names = list(class_names)
     if num_classes is not None and num_classes != len(names):
         raise DataError(
             f"{dataset} {name} has {len(names)} classes but num_classes={num_classes} was asked "

@@ -1,8 +1,8 @@
 """Random-access sources of encoded images for the streamed data sets.
 
 Sources yield {"image": encoded bytes, "label": int, "source": where the image came from} and
-know their ``num_classes``; they pickle small (worker processes get a copy) and open files or
-TFDS readers only when read.
+know their ``class_names`` and ``num_classes``; they pickle small (worker processes get a
+copy) and open files or TFDS readers only when read.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class FolderSource:
         self._root = listing.root
         self._files = np.array([os.fsencode(f) for f in listing.files])  # compact to pickle
         self._labels = listing.labels
-        self.num_classes = len(listing.class_names)
+        self.class_names = list(listing.class_names)
+        self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -47,7 +48,8 @@ class TfdsSource:
         self._args = (name, split, data_dir)
         self._source = open_tfds(name, split, data_dir, decode_images=False)
         self._length = len(self._source)
-        self.num_classes = len(tfds_class_names(self._source))
+        self.class_names = tfds_class_names(self._source)
+        self.num_classes = len(self.class_names)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_source": None}

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
+from .classes import Relabelled, is_identity
 from .errors import DataError, decoded
 from .images import eval_crop, train_crop
 from .registry import dataset_spec
-from .request import StreamSpec
+from .request import StreamInfo, StreamSpec
 from .splits import parse_split, resolve_slice
 
 
@@ -80,14 +81,9 @@ class PaddingRecord(grain.transforms.Map):
         return {"image": image, "label": np.int32(0), "mask": np.False_}
 
 
-class StreamInfo(NamedTuple):
-    """A streamed split's size and class count."""
-
-    size: int
-    num_classes: int
-
-
-def _source(dataset: str, data_dir: str | None, split: str) -> tuple[Any, slice]:
+def _source(
+    dataset: str, data_dir: str | None, split: str, class_names: Sequence[str] | None = None
+) -> tuple[Any, slice]:
     spec = dataset_spec(dataset)
     if spec.stream is None:
         raise DataError(
@@ -96,14 +92,19 @@ def _source(dataset: str, data_dir: str | None, split: str) -> tuple[Any, slice]
         )
     name, bounds = parse_split(split)
     source = spec.stream(data_dir, name)
+    if class_names is not None and not is_identity(source.class_names, class_names):
+        source = Relabelled(source, class_names, f"{dataset} split {name!r}")
     return source, resolve_slice(bounds, len(source))
 
 
-def stream_info(dataset: str, data_dir: str | None, split: str) -> StreamInfo:
-    """The number of examples (slices such as 'train[:10%]' included) and of classes of a
-    streamed split."""
-    source, index = _source(dataset, data_dir, split)
-    return StreamInfo(index.stop - index.start, source.num_classes)
+def stream_info(
+    dataset: str, data_dir: str | None, split: str, class_names: Sequence[str] | None = None
+) -> StreamInfo:
+    """The number of examples (slices such as 'train[:10%]' included) and the classes of a
+    streamed split, labelled by ``class_names`` when given (a DataError if it has others)."""
+    source, index = _source(dataset, data_dir, split, class_names)
+    names = tuple(source.class_names)
+    return StreamInfo(index.stop - index.start, len(names), names)
 
 
 def _check_arguments(
@@ -152,7 +153,7 @@ def make_stream(
     _check_arguments(
         image_size, global_batch_size, process_index, process_count, start_step, num_workers
     )
-    source, index = _source(spec.dataset, spec.data_dir, spec.split)
+    source, index = _source(spec.dataset, spec.data_dir, spec.split, spec.class_names)
     ds = grain.MapDataset.source(source)[index]
     if train:
         ds = ds.seed(seed).shuffle().repeat()
