@@ -206,6 +206,11 @@ def test_config_file_with_a_typo_or_wrong_type(tmp_path: Path) -> None:
         ([("optimizer", "adamw"), ("nesterov", "true")], "nesterov=True needs optimizer='sgd'"),
         ([("freeze_backbone", "true")], "freeze_backbone=True.*--config.pretrained="),
         ([("pretrained", "/no/such/file.pth")], "pretrained='/no/such/file.pth': no such file"),
+        ([("pretrained", "resnet34.tv_in1k")], r"are resnet34's weights.*--config.model=resnet34"),
+        (
+            [("pretrained", "resnet18.tv_in1j")],
+            r"nor a weights tag \(none for resnet18_cifar\)\. Did you mean 'resnet18.tv_in1k'",
+        ),
         ([("model_options.num_classes", "5")], "model_options.num_classes: set the top-level"),
         ([("model_options.dropout", "0.1")], "not an option of resnet18_cifar"),
     ],

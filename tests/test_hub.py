@@ -310,3 +310,20 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         httpd.shutdown()
     with pytest.raises(hub.WeightsError, match=r"unknown weights 'a9_in1k' for resnet50d.*a1_in1k"):
         resnet_flax.load_pretrained("resnet50d", "a9_in1k")
+
+
+def test_a_damaged_cached_file_is_downloaded_again(published):
+    """A file cut short in the cache (put there by hand, a full disk): refreshed, once."""
+    info, variables, cache, served = published
+    cache.mkdir(parents=True)
+    (cache / info.file).write_bytes((served / info.file).read_bytes()[:5000])
+    with pytest.warns(UserWarning, match=rf"{info.file}.*: downloading {info.tag} again"):
+        _, loaded = resnet_flax.load_pretrained(info.tag)
+    _assert_same(loaded, variables)
+    assert (cache / info.file).read_bytes() == (served / info.file).read_bytes()
+
+
+def test_a_mirror_address_that_is_no_url_names_the_variable(published, monkeypatch):
+    monkeypatch.setenv(BASE_URL_ENV, "notaurl")
+    with pytest.raises(hub.WeightsError, match=rf"{BASE_URL_ENV}='notaurl' is not a URL"):
+        resnet_flax.load_pretrained("resnet18.tv_in1k")

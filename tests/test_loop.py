@@ -187,6 +187,26 @@ def test_pretrained_torchvision_file(tmp_path):
     assert variables["batch_stats"]["bn1"]["var"].shape == (64,)
 
 
+def test_pretrained_by_tag(tmp_path, monkeypatch):
+    """--config.pretrained=resnet18.tv_in1k: the tag's file, from torch hub's cache here."""
+    from resnet_flax.io.convert import save_torchvision
+    from resnet_flax.io.hub import resolve
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    model = create_model("resnet18", num_classes=1000)
+    saved = init_variables(model, 32, seed=1)
+    save_torchvision(cache / resolve("resnet18.tv_in1k").file, "resnet18", saved)
+    ten = create_model("resnet18", num_classes=10)
+    fresh = jax.device_get(init_variables(ten, 32))
+    variables = pretrained_variables("resnet18.tv_in1k", "resnet18", ten, fresh, make_mesh())
+    np.testing.assert_array_equal(
+        variables["params"]["conv1"]["kernel"], saved["params"]["conv1"]["kernel"]
+    )
+    assert variables["params"]["fc"]["kernel"].shape == (512, 10)
+
+
 def test_streamed_folder_resumes_exactly(tmp_path, tiny_config):
     """A folder at image_size > 64 streams through grain; resuming mid-epoch is exact too."""
     from PIL import Image

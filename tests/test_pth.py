@@ -256,8 +256,43 @@ def test_read_state_dict_dispatch(tmp_path):
     write_pth(tmp_path / "w.bin", arrays)
     _assert_same(read_state_dict(tmp_path / "w.bin"), arrays)
     _assert_same(read_state_dict(arrays), arrays)
-    with pytest.raises(CheckpointError, match=r"\.npz.*\.pth.*\.safetensors"):
+    np.savez(tmp_path / "w.npz", **arrays)  # a zip, not torch's
+    with pytest.raises(CheckpointError, match=r"w\.npz: no data\.pkl .*not a torch\.save"):
         read_state_dict(tmp_path / "w.npz")
+    # read by content, not by name: timm's model_best.pth.tar, a safetensors file named .bin
+    write_pth(tmp_path / "model_best.pth.tar", arrays)
+    _assert_same(read_state_dict(tmp_path / "model_best.pth.tar"), arrays)
+    write_safetensors(tmp_path / "st.bin", arrays)
+    _assert_same(read_state_dict(tmp_path / "st.bin"), arrays, ordered=False)
+    (tmp_path / "x.pth").mkdir()
+    with pytest.raises(CheckpointError, match=r"x\.pth is a directory, not a weights file"):
+        read_state_dict(tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match=r"nothing\.pth: no such file"):
+        read_state_dict(tmp_path / "nothing.pth")
+
+
+def test_timm_training_checkpoints_load_the_ema_weights_and_say_so(tmp_path):
+    """timm's train.py saves args (an argparse.Namespace), the weights and their EMA."""
+    import argparse
+
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    plain = {"fc.weight": torch.zeros(2, 3)}
+    ema = {"fc.weight": torch.ones(2, 3)}
+    args = argparse.Namespace(model="resnet50", lr=0.1, model_ema=True)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 3, "arch": "resnet50", "args": args, "state_dict": plain,
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+                "state_dict_ema": ema, "metric": 71.2}, path)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"loaded the EMA weights under 'state_dict_ema'; "
+                      r"use_ema=False loads 'state_dict'"):  # fmt: skip
+        assert read_state_dict(path)["fc.weight"].sum() == 6
+    with pytest.warns(UserWarning, match=r"loaded the weights under 'state_dict'; use_ema=True"):
+        assert read_state_dict(path, use_ema=False)["fc.weight"].sum() == 0
+    torch.save({"epoch": 1, "model_ema": ema}, tmp_path / "ema_only.pth")
+    assert read_state_dict(tmp_path / "ema_only.pth", use_ema=False)["fc.weight"].sum() == 6
+    torch.save({"args": args, "where": Path("/x"), "state_dict": plain}, path)
+    with pytest.raises(UnsafeCheckpointError, match="global 'pathlib.*Path'"):  # only Namespace
+        read_state_dict(path)
 
 
 # ---------------------------------------------------------------- files built to exhaust memory

@@ -238,6 +238,26 @@ def _in_range(config: ml_collections.ConfigDict, key: str, low: float, high: flo
         raise ConfigError(f"{key}={config[key]!r}: must be in [{low}, {high}).")
 
 
+def _check_pretrained_tag(config: ml_collections.ConfigDict) -> None:
+    """``pretrained`` that is no file: a weights tag of ``model``, or a ConfigError."""
+    from resnet_flax.io.weights import WEIGHTS, by_tag, weights_for
+
+    entry = by_tag(config.pretrained)
+    if entry is None:
+        tags = [w.tag for w in weights_for(config.model)]
+        own = f"{config.model}'s: {', '.join(tags)}" if tags else f"none for {config.model}"
+        close = did_you_mean(config.pretrained, [w.tag for w in WEIGHTS])
+        raise ConfigError(
+            f"pretrained={config.pretrained!r}: no such file or checkpoint directory, nor a "
+            f"weights tag ({own}).{close}"
+        )
+    if entry.model != config.model:
+        raise ConfigError(
+            f"pretrained={config.pretrained!r} are {entry.model}'s weights, model is "
+            f"{config.model!r}: set --config.model={entry.model} or pick {config.model}'s."
+        )
+
+
 def _check_model(config: ml_collections.ConfigDict) -> None:
     from resnet_flax.models.registry import list_models, model_options  # deferred: imports JAX
 
@@ -330,9 +350,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             except paths.PathError as error:
                 raise ConfigError(f"{key}={config[key]!r}: {error}") from None
     if config.pretrained and not paths.as_path(config.pretrained).exists():
-        raise ConfigError(
-            f"pretrained={config.pretrained!r}: no such file or checkpoint directory."
-        )
+        _check_pretrained_tag(config)
     if config.freeze_backbone and not config.pretrained:
         raise ConfigError(
             "freeze_backbone=True trains only the head of a pretrained model: set "

@@ -50,16 +50,24 @@ def pretrained_variables(
     mesh: jax.sharding.Mesh,
     **options: Any,
 ) -> dict[str, Any]:
-    """Variables to fine-tune from: a torchvision ``.pth``/``.safetensors`` file (through
-    :func:`resnet_flax.io.convert.load_torchvision`) or one of our checkpoints (a directory;
+    """Variables to fine-tune from: a weights tag (``resnet34.tv_in1k``, fetched as
+    :func:`resnet_flax.io.hub.load_pretrained` does), a torchvision ``.pth``/``.safetensors``
+    file (through :func:`resnet_flax.io.convert.load_torchvision`) or one of our checkpoints (a
+    directory;
     ``params`` and ``batch_stats`` only), local or on any filesystem :mod:`~resnet_flax.io.paths`
     serves. ``fresh`` are the model's initial variables: the head
     keeps them when the class count differs. Returns host arrays.
     """
+    from resnet_flax.io.weights import by_tag
+
     from .checkpoint import load_variables  # (imports orbax)
 
-    source = paths.as_path(source)
-    if source.is_dir():
+    tag, source = str(source), paths.as_path(source)
+    if not source.exists() and by_tag(tag) is not None:
+        from resnet_flax.io.hub import load_pretrained
+
+        _, loaded = load_pretrained(tag, num_classes=model.num_classes, **options)
+    elif source.is_dir():
         loaded, _, _ = load_variables(source, mesh)
     else:
         from resnet_flax.io.convert import load_torchvision

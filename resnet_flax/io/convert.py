@@ -74,19 +74,25 @@ def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
 
 
 def load_torchvision(
-    name: str, source: str | os.PathLike | Mapping[str, Any], **options: Any
+    name: str,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    use_ema: bool = True,
+    **options: Any,
 ) -> tuple[nn.Module, Variables]:
     """Build ``name`` and load torchvision weights into it.
 
     ``source`` is a ``.pth``/``.pt`` file (read without torch, no code run), a ``.safetensors``
     file (torchvision's or timm's ResNet key names), or a mapping of arrays or tensors.
     ``num_classes`` defaults to the file's; asking for a different one re-initialises the
-    head (``seed`` option, default 0) and warns. Returns ``(model, variables)``.
+    head (``seed`` option, default 0) and warns. A training checkpoint holding timm's EMA
+    weights next to the others loads the EMA ones unless ``use_ema=False``, and warns which.
+    Returns ``(model, variables)``.
     """
     where = "state_dict mapping" if isinstance(source, Mapping) else str(source)
     seed = options.pop("seed", 0)
     probe = create_model(name, **options)  # bad options fail before the file is read
-    state = read_state_dict(source)
+    state = read_state_dict(source, use_ema=use_ema)
     head = probe.head
     head_weight = next((v for k, v in state.items() if _is_head_kernel(k.split("."), head)), None)
     file_classes = None if head_weight is None else int(np.shape(head_weight)[0])

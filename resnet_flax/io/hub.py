@@ -20,6 +20,7 @@ import http.client
 import os
 import re
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import flax.linen as nn
 
 from resnet_flax.io.convert import load_torchvision
 from resnet_flax.io.download import ChecksumError, download
+from resnet_flax.io.pth import CheckpointError
 from resnet_flax.io.weights import BASE_URL_ENV, WEIGHTS, Weights, by_tag, weights_for
 from resnet_flax.models import registry
 from resnet_flax.models.checks import did_you_mean
@@ -83,14 +85,20 @@ def cache_dir() -> Path:
     return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
-def fetch(entry: Weights, *, progress: bool = True, timeout: float = 60.0) -> Path:
-    """The local file of ``entry``: the cached one, else downloaded, verified and cached."""
+def fetch(
+    entry: Weights, *, progress: bool = True, timeout: float = 60.0, refresh: bool = False
+) -> Path:
+    """The local file of ``entry``: the cached one, else (or with ``refresh``) downloaded,
+    verified and cached."""
     if entry.source == "timm":
-        return _from_hugging_face(entry)
+        return _from_hugging_face(entry, refresh)
     path = cache_dir() / entry.file
-    if path.is_file():
+    if path.is_file() and not refresh:
         return path
-    url = entry.url
+    try:
+        url = entry.url
+    except ValueError as error:  # a malformed mirror address
+        raise WeightsError(str(error)) from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(path.parent, os.W_OK):
@@ -125,18 +133,21 @@ def fetch(entry: Weights, *, progress: bool = True, timeout: float = 60.0) -> Pa
     return path
 
 
-def _from_hugging_face(entry: Weights) -> Path:
+def _from_hugging_face(entry: Weights, refresh: bool = False) -> Path:
     """``timm/TAG/model.safetensors`` through huggingface_hub (its cache, offline mode and
     endpoint, as timm)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsError(
-            f"{entry.tag} is timm's, on the Hugging Face hub: pip install huggingface_hub."
+            f"{entry.tag} is timm's, on the Hugging Face hub: pip install 'resnet-flax[hub]' "
+            f"(huggingface_hub)."
         ) from None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        return Path(hf_hub_download(entry.repository, entry.file, endpoint=endpoint))
+        return Path(
+            hf_hub_download(entry.repository, entry.file, endpoint=endpoint, force_download=refresh)
+        )
     except Exception as error:  # huggingface_hub's HTTP, offline and cache errors
         raise WeightsError(
             f"cannot fetch {entry.repository}/{entry.file} from the Hugging Face hub "
@@ -146,13 +157,14 @@ def _from_hugging_face(entry: Weights) -> Path:
 
 
 def load_pretrained(
-    name_or_tag: str, weights: str | None = None, **options: Any
+    name_or_tag: str, weights: str | None = None, *, use_ema: bool = True, **options: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, variables)`` with published weights, fetched if need be: a tag
     (``"resnet50.a1_in1k"``), or a model name and ``weights`` (a tag's suffix, torchvision's
     enum name such as ``"IMAGENET1K_V2"``, or ``"DEFAULT"``, the default). ``options`` go to
     the model (``num_classes=10`` re-initialises the head, as ``load_torchvision``;
-    ``impl="cpu"`` for the CPU kernels)."""
+    ``impl="cpu"`` for the CPU kernels). A cached file that cannot be read (a download cut
+    short before the cache was checked, a damaged disk) is downloaded again, once."""
     if weights is None and "." in name_or_tag:
         entry = resolve(name_or_tag)
     else:
@@ -160,4 +172,10 @@ def load_pretrained(
         entry = resolve(weights or "DEFAULT", name_or_tag)
     # bad options fail before a download
     registry.create_model(entry.model, **{k: v for k, v in options.items() if k != "seed"})
-    return load_torchvision(entry.model, fetch(entry), **options)
+    path = fetch(entry)
+    try:
+        return load_torchvision(entry.model, path, use_ema=use_ema, **options)
+    except CheckpointError as error:
+        warnings.warn(f"{error}: downloading {entry.tag} again.", stacklevel=2)
+    path = fetch(entry, refresh=True)
+    return load_torchvision(entry.model, path, use_ema=use_ema, **options)

@@ -6,7 +6,11 @@ raises ``UnsafeCheckpointError`` and no code from the file ever runs. Accepted l
 
 - a state_dict (mapping of tensors) at top level;
 - a state_dict nested under ``state_dict``, ``model_state_dict`` or ``model`` (searched in that
-  order, up to three levels deep), next to other plain entries such as ``epoch``;
+  order, up to three levels deep), next to other plain entries such as ``epoch`` (and timm's
+  training ``args``, read as an inert record);
+- timm's exponential moving average next to it, ``state_dict_ema`` or ``model_ema``: loaded
+  first, as timm's ``load_checkpoint(use_ema=True)`` does (``use_ema=False`` for the other),
+  with a warning saying which was loaded;
 - keys as stored: a prefix every key carries (DDP's ``module.``, Lightning's ``model.``) is
   the converter's to strip (``convert.load_torchvision``), which knows the model's keys.
 
@@ -28,6 +32,7 @@ import math
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,9 +46,9 @@ from safetensors import SafetensorError
 
 from resnet_flax.io import paths
 
-PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_EMA_KEYS = ("state_dict_ema", "model_ema")  # timm's train.py writes the first
 _ALIGN = 64  # torch aligns each storage's data to 64 bytes inside the zip
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
@@ -68,6 +73,10 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint's pickle references a global outside the tensor allowlist."""
+
+
+class _Record:
+    """What an ``argparse.Namespace`` unpickles to here: its attributes, no behaviour."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return lambda data, *_: data
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
+        if (module, name) == ("argparse", "Namespace"):  # timm's training args
+            return _Record
         raise UnsafeCheckpointError(
             f"{self.path}: refusing to load global '{module}.{name}': only tensors and state "
             f"dicts are read, no code from the file runs. If you trust the file, {_RESAVE}"
@@ -205,19 +216,34 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _to_state_dict(
-    obj: Any, name: str, is_array: Callable[[Any], bool] = _is_array, depth: int = 0
+    obj: Any,
+    name: str,
+    is_array: Callable[[Any], bool] = _is_array,
+    use_ema: bool = True,
+    depth: int = 0,
 ) -> dict[str, np.ndarray]:
     """Find the state_dict in ``obj`` (see the module docstring) as a dict of numpy arrays."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{name}: holds a {type(obj).__name__}, not a state_dict; {_RESAVE}")
     if not all(is_array(v) for v in obj.values()):
-        for key in _WRAPPER_KEYS:
-            if depth < 3 and isinstance(obj.get(key), Mapping):
-                return _to_state_dict(obj[key], name, is_array, depth + 1)
+        found = [k for k in _EMA_KEYS + _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        ema = [k for k in found if k in _EMA_KEYS]
+        plain = [k for k in found if k not in _EMA_KEYS]
+        chosen = (ema if use_ema else []) + plain or ema
+        if depth < 3 and chosen:
+            if ema and plain:
+                other = plain[0] if chosen[0] in _EMA_KEYS else ema[0]
+                what = "the EMA weights" if chosen[0] in _EMA_KEYS else "the weights"
+                switch = "use_ema=False" if chosen[0] in _EMA_KEYS else "use_ema=True"
+                warnings.warn(
+                    f"{name}: loaded {what} under {chosen[0]!r}; {switch} loads {other!r}.",
+                    stacklevel=4,
+                )
+            return _to_state_dict(obj[chosen[0]], name, is_array, use_ema, depth + 1)
         bad = next(k for k, v in obj.items() if not is_array(v))
         raise CheckpointError(
             f"{name}: entry {bad!r} is {type(obj[bad]).__name__}, not a tensor, and no "
-            f"state_dict was found under {_WRAPPER_KEYS}; {_RESAVE}"
+            f"state_dict was found under {_EMA_KEYS + _WRAPPER_KEYS}; {_RESAVE}"
         )
     if not obj or not all(isinstance(k, str) for k in obj):
         raise CheckpointError(f"{name}: expected a non-empty mapping of str keys to tensors")
@@ -226,19 +252,25 @@ def _to_state_dict(
 
 def _check_file(path: str | os.PathLike) -> paths.Path:
     path = paths.as_path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a directory, not a weights file: name the .pth or .safetensors file "
+            f"in it (a training run's checkpoints load with load_checkpoint)"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; check the path")
     return path
 
 
-def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a torch zip-format checkpoint's state_dict as numpy arrays, without torch."""
+def read_pth(path: str | os.PathLike, *, use_ema: bool = True) -> dict[str, np.ndarray]:
+    """Read a torch zip-format checkpoint's state_dict as numpy arrays, without torch
+    (``use_ema``: see the module docstring)."""
     path = _check_file(path)
     with path.open("rb") as file:  # a file object: the path may be remote
-        return _read_pth_file(path, file)
+        return _read_pth_file(path, file, use_ema)
 
 
-def _read_pth_file(path: paths.Path, file: BinaryIO) -> dict[str, np.ndarray]:
+def _read_pth_file(path: paths.Path, file: BinaryIO, use_ema: bool) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(file):
         file.seek(0)
         if file.read(2) == b"\x80\x02":
@@ -271,7 +303,7 @@ def _read_pth_file(path: paths.Path, file: BinaryIO) -> dict[str, np.ndarray]:
             "save it again"
         ) from error
     # Only arrays this module rebuilt count as tensors: never call methods of unpickled objects.
-    return _to_state_dict(obj, str(path), lambda value: isinstance(value, np.ndarray))
+    return _to_state_dict(obj, str(path), lambda value: isinstance(value, np.ndarray), use_ema)
 
 
 def _pickle_str(text: str) -> bytes:
@@ -362,16 +394,25 @@ def write_safetensors(path: str | os.PathLike, state_dict: Mapping[str, Any]) ->
     safetensors.numpy.save_file(arrays, path)
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A state_dict from a checkpoint file (by suffix) or an in-memory mapping of arrays."""
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, Any], *, use_ema: bool = True
+) -> dict[str, np.ndarray]:
+    """A state_dict from a checkpoint file or an in-memory mapping of arrays.
+
+    A file is read by what it holds, whatever its name (timm's ``model_best.pth.tar`` is a
+    torch zip): safetensors if its header says so, else a torch checkpoint. ``use_ema``: load
+    the EMA weights of a checkpoint that has them (the default, as timm).
+    """
     if isinstance(source, Mapping):
-        return _to_state_dict(source, "state_dict mapping")
-    suffix = Path(source).suffix.lower()
-    if suffix in PTH_SUFFIXES:
-        return read_pth(source)
-    if suffix in SAFETENSORS_SUFFIXES:
-        return read_safetensors(source)
-    raise CheckpointError(
-        f"{source}: unknown checkpoint suffix {suffix!r}; expected one of "
-        f"{PTH_SUFFIXES + SAFETENSORS_SUFFIXES}"
-    )
+        return _to_state_dict(source, "state_dict mapping", use_ema=use_ema)
+    path = _check_file(source)
+    if Path(str(source)).suffix.lower() in SAFETENSORS_SUFFIXES or _is_safetensors(path):
+        return read_safetensors(path)
+    return read_pth(path, use_ema=use_ema)
+
+
+def _is_safetensors(path: paths.Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes) and the header, '{'."""
+    with path.open("rb") as file:
+        head = file.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")

@@ -83,6 +83,11 @@ class Weights:
         ``RESNET_FLAX_WEIGHTS_URL`` names), or the Hugging Face hub (``HF_ENDPOINT``)."""
         if self.source == "torchvision":
             base = os.environ.get(BASE_URL_ENV) or TORCHVISION_URL
+            if not base.startswith(("http://", "https://", "file:")):
+                raise ValueError(
+                    f"{BASE_URL_ENV}={base!r} is not a URL: set it to a mirror's address, such "
+                    f"as {TORCHVISION_URL}, or unset it."
+                )
             return f"{base.rstrip('/')}/{self.file}"
         base = os.environ.get("HF_ENDPOINT") or HUGGING_FACE
         return f"{base.rstrip('/')}/{self.repository}/resolve/main/{self.file}"
