@@ -34,6 +34,7 @@ from train.data import (
     normalize,
     stream_info,
 )
+from train.data.errors import decoded
 from train.data.images import eval_crop, random_resized_box, train_crop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,6 +395,22 @@ def test_train_crop_names_a_file_it_cannot_decode():
     Image.fromarray(noise).save(buffer, "JPEG")
     with pytest.raises(ValueError, match="cannot decode"):  # a valid header, truncated body
         train_crop(buffer.getvalue()[:1000], 32, np.random.default_rng(0))
+
+
+def test_training_crops_refuse_images_too_large_or_too_long():
+    """The predict guard serves the data sets: from the header, before any decoding."""
+    from resnet_flax.io.transforms import ImageSizeError
+
+    strip = io.BytesIO()
+    Image.new("L", (20000, 1)).save(strip, "PNG")
+    for crop in (
+        lambda data: train_crop(data, 32, np.random.default_rng(0)),
+        lambda data: eval_crop(data, 32),
+    ):
+        with pytest.raises(ImageSizeError, match="20000x1 pixels has an aspect ratio"):
+            crop(strip.getvalue())
+    with pytest.raises(DataError, match=r"Cannot decode x.png: .*aspect ratio"):
+        decoded(eval_crop, "x.png", strip.getvalue(), 32)
 
 
 # ---------------------------------------------------------------- streaming

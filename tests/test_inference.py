@@ -196,6 +196,38 @@ def test_preprocess_errors(tmp_path) -> None:
         preprocess(Image.new("RGB", (8, 8)), crop_size=0)
 
 
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (its pixels never follow)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_too_large_to_decode_or_resize_are_refused(tmp_path) -> None:
+    """A 1x20000 strip (a few hundred bytes) would resize to 256x5,120,000; a header declaring
+    30000x30000 is Pillow's decompression bomb; a big resize of a long image is bounded too."""
+    from resnet_flax.io.transforms import ImageSizeError
+
+    Image.new("L", (1, 20000)).save(tmp_path / "strip.png")
+    with pytest.raises(ImageSizeError, match=r"strip.png'?: 1x20000 pixels has an aspect ratio"):
+        preprocess(tmp_path / "strip.png")
+    with pytest.raises(ImageSizeError, match=r"bomb.png.*decompression bomb"):
+        preprocess(png_declaring(tmp_path / "bomb.png", 30000, 30000))
+    with pytest.raises(ImageSizeError, match=r"bomb.png.*Pillow's decompression-bomb limit"):
+        preprocess(png_declaring(tmp_path / "bomb.png", 10000, 10000))  # over 1x, under 2x
+    with pytest.raises(ImageSizeError, match=r"resizing the shorter side of 40x1600 .*to 2000"):
+        preprocess(Image.new("RGB", (40, 1600)), resize_size=2000, crop_size=224)
+    assert preprocess(Image.new("RGB", (40, 1600)), resize_size=256).shape == (1, 224, 224, 3)
+
+
 # --- features ----------------------------------------------------------------------------------
 
 
@@ -400,6 +432,22 @@ def test_predict_cli_errors(resnet18_file, images, tmp_path) -> None:
     assert (
         "holds torchvision's resnet18 weights, not resnet34: use --model resnet18" in wrong.stderr
     )
+
+
+def test_predict_cli_refuses_bad_images_and_sizes(resnet18_file, images, tmp_path, capsys):
+    from resnet_flax.inference.predict import main
+
+    bomb = png_declaring(tmp_path / "bomb.png", 30000, 30000)
+    cases = [
+        ([str(bomb)], "decompression bomb"),
+        ([str(tmp_path)], f"image '{tmp_path}' is a directory: name the files in it"),
+        ([str(images[0]), "--crop", "0"], "--crop must be a positive number of pixels, got 0"),
+        ([str(images[0]), "--resize", "0"], "--resize must be a positive number of pixels"),
+    ]
+    for args, message in cases:
+        assert main(["--model", "resnet18", "--weights", str(resnet18_file), *args]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, last
 
 
 def test_predict_preprocessing_warning_and_overrides(resnet18_file, images) -> None:

@@ -129,12 +129,15 @@ def _resolve(args: argparse.Namespace, info: Weights | None) -> str:
 def _transform(args: argparse.Namespace, info: Weights | None) -> EvalTransform:
     """The weights' evaluation transform (torchvision's V1 preset for a file it cannot
     identify, with a warning), with the command line's overrides."""
+    for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     if args.crop_pct is not None and args.resize is not None:
         raise ValueError("--crop-pct sets the resize: pass --crop-pct or --resize, not both")
     transform = PRESETS["V1"] if info is None else info.transforms()
-    crop = args.crop or transform.crop_size
+    crop = transform.crop_size if args.crop is None else args.crop
     resize = args.resize or (
         math.floor(crop / args.crop_pct) if args.crop_pct else transform.resize_size
     )
@@ -168,6 +171,8 @@ def run(args: argparse.Namespace) -> None:
         tagged = hub.resolve(args.weights, args.model)  # a tag, or an enum name with --model
         args.weights = str(hub.fetch(tagged))
     for path, what in [(args.weights, "weights file"), *((i, "image") for i in args.images)]:
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{what} {path!r} is a directory: name the files in it")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} not found: {path!r}")
     info = tagged or identify(args.weights)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,40 @@ ImageLike = Image.Image | str | os.PathLike
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Longer side over shorter side. Panoramas stay well below; past it, resizing the shorter side
+# to a crop size makes a strip of millions of pixels (1x20000 to 256x5,120,000: 3.9 GB).
+MAX_ASPECT_RATIO = 50
+
+
+class ImageSizeError(ValueError):
+    """An image too large to decode, or too elongated to resize, within bounded memory."""
+
+
+def check_image_size(width: int, height: int, where: str, resize_size: int = 0) -> None:
+    """Refuse an image whose decoding or resizing (shorter side to ``resize_size``) would
+    allocate more than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``
+    pixels), or whose aspect ratio exceeds :data:`MAX_ASPECT_RATIO`; the error names it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if min(width, height) < 1:
+        raise ImageSizeError(f"{where}: {width}x{height} pixels is an empty image.")
+    if limit and width * height > limit:
+        raise ImageSizeError(
+            f"{where}: {width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is more "
+            f"than Pillow's decompression-bomb limit of {limit / 1e6:.0f} (PIL.Image."
+            f"MAX_IMAGE_PIXELS): shrink the image first, or raise that limit if you trust it."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageSizeError(
+            f"{where}: {width}x{height} pixels has an aspect ratio of {ratio:.0f}:1, more than "
+            f"{MAX_ASPECT_RATIO}:1: crop it to the part to classify."
+        )
+    if limit and resize_size**2 * ratio > limit:
+        raise ImageSizeError(
+            f"{where}: resizing the shorter side of {width}x{height} pixels to {resize_size} "
+            f"makes {resize_size**2 * ratio / 1e6:.0f} megapixels, more than Pillow's limit of "
+            f"{limit / 1e6:.0f}: use a smaller resize size."
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -53,17 +88,28 @@ def load_image(source: ImageLike) -> Image.Image:
     """An RGB PIL image from a PIL image or an image file (grayscale, palette, RGBA, 16-bit:
     to 8-bit RGB, see :func:`to_rgb`).
 
-    Raises ``FileNotFoundError``/``OSError`` naming the file when it is missing or unreadable.
+    Raises ``FileNotFoundError``/``OSError`` naming the file when it is missing or unreadable,
+    :class:`ImageSizeError` when it is too large to decode (:func:`check_image_size`).
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
     path = os.fspath(source)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow's warning of what the check below refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
+            check_image_size(*image.size, repr(path))  # the header only, so far
             image.load()  # read before the file closes: an RGB image is returned as it is
             return to_rgb(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path!r}; check the path") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(
+            f"{path!r} is a directory, not an image: name the image files in it"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageSizeError(f"{path!r}: {e}") from None
     except OSError as e:
         raise OSError(f"cannot read {path!r} as an image: {e}") from None
 
@@ -119,7 +165,10 @@ def eval_transform(
     mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     batch = []
     for source in images:
-        image = resize_shorter_side(load_image(source), resize_size, interpolation)
+        image = load_image(source)
+        where = repr(os.fspath(source)) if not isinstance(source, Image.Image) else "an image"
+        check_image_size(*image.size, where, resize_size)
+        image = resize_shorter_side(image, resize_size, interpolation)
         pixels = center_crop(np.asarray(image), crop_size).astype(np.float32) / np.float32(255)
         batch.append((pixels - mean32) / std32)
     return np.stack(batch)

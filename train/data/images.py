@@ -15,13 +15,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from resnet_flax.io import paths
-from resnet_flax.io.transforms import to_rgb
+from resnet_flax.io.transforms import ImageSizeError, check_image_size, to_rgb
 
 cv2.setNumThreads(1)  # one image per worker process; OpenCV's own pool would oversubscribe
 
@@ -30,12 +31,19 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 
 def open_image(data: bytes | np.ndarray | str | os.PathLike) -> Image.Image:
     """A lazily decoded PIL image from encoded bytes, a file path (local or remote), or a
-    decoded HWC array."""
+    decoded HWC array; one too large to decode is refused from its header
+    (:func:`~resnet_flax.io.transforms.check_image_size`)."""
     if isinstance(data, np.ndarray):
         return Image.fromarray(data)
-    if isinstance(data, bytes):
-        return Image.open(io.BytesIO(data))
-    return Image.open(io.BytesIO(paths.read_bytes(data)))
+    encoded = data if isinstance(data, bytes) else paths.read_bytes(data)
+    try:
+        with warnings.catch_warnings():  # Pillow's warning of what the check below refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(encoded))
+    except Image.DecompressionBombError as error:
+        raise ImageSizeError(str(error)) from None
+    check_image_size(*image.size, "the image")
+    return image
 
 
 def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
@@ -103,7 +111,7 @@ def train_crop(data: bytes | np.ndarray | str, size: int, rng: np.random.Generat
         pixels, scale = data, 1.0
     else:
         encoded = data if isinstance(data, bytes) else paths.read_bytes(data)
-        width, height = Image.open(io.BytesIO(encoded)).size  # reads the header only
+        width, height = open_image(encoded).size  # reads (and checks) the header only
         box = random_resized_box(width, height, rng)
         pixels = _decode_reduced(encoded, _reduction(box, size))
         scale = pixels.shape[1] / width
