@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Decoding processes for streamed data sets: -1 sizes them from the host's cores and
     # local devices (data.stream.default_num_workers); 0 decodes in the trainer's process.
     config.num_workers = -1
+    # Streamed data sets: an image that cannot be decoded stops training (after saving) unless
+    # this is on: then a training example takes the next decodable one's place (as timm's
+    # datasets do) and an evaluation example is left out, each named in a warning with a count.
+    config.skip_bad_images = False
 
     # Optimisation. batch_size is global (all devices); the schedule counts in epochs.
     config.num_epochs = 200

@@ -383,3 +383,32 @@ def test_the_cli_refusing_a_resume_leaves_config_json_as_it_was(stopped_run, cap
     assert cli.main(argv) == 2
     assert "trained with batch_size=32" in capsys.readouterr().err
     assert snapshot(stopped_run) == before
+
+
+def test_an_undecodable_image_saves_first_and_can_be_skipped(tmp_path, tiny_config):
+    """Streamed folder, 3 steps an epoch: a corrupt eval image stops the run at step 3 with
+    that step saved; with skip_bad_images the same command resumes, trains past a corrupt
+    training image too (the next one takes its place) and leaves the eval image out."""
+    _folder(tmp_path / "data", {"train": ["cat", "dog"], "val": ["cat", "dog"]}, size=66)
+    for name in ("cat", "dog"):  # 12 training images: 3 steps of 4 an epoch
+        for i in range(3, 6):
+            (tmp_path / "data" / "train" / name / f"{i}.png").write_bytes(
+                (tmp_path / "data" / "train" / name / f"{i - 3}.png").read_bytes()
+            )
+    (tmp_path / "data" / "val" / "dog" / "1.png").write_bytes(b"\x89PNG broken")
+    config = dict(
+        dataset="folder", data_dir=str(tmp_path / "data"), train_split="train",
+        eval_split="val", image_size=65, num_classes=0, num_workers=0, batch_size=4,
+        eval_batch_size=4,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"Cannot decode .*dog/1.png: cannot identify image file\. "
+                       r".*stopped at step 3 \(saved in .*skip_bad_images=true"):  # fmt: skip
+        loop.train_and_evaluate(tiny_config(**config), tmp_path / "run")
+    assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).all_steps() == [3]
+
+    (tmp_path / "data" / "train" / "cat" / "4.png").write_bytes(b"\x89PNG broken too")
+    with pytest.warns(UserWarning, match=r"Skipped \(\d file\(s\) skipped by this decoding"):
+        result = loop.train_and_evaluate(
+            tiny_config(skip_bad_images=True, **config), tmp_path / "run"
+        )
+    assert result["step"] == 6 and np.isfinite(result["eval"]["loss"])

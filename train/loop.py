@@ -51,6 +51,7 @@ from .checkpoint import (
 from .config import save_config
 from .data import (
     ArrayDataset,
+    DataError,
     augment_cifar,
     dataset_spec,
     default_num_workers,
@@ -125,6 +126,7 @@ def _input(
         seed=config.seed,
         num_workers=workers if workers >= 0 else default_num_workers(jax.local_device_count()),
         class_names=data.class_names,
+        skip_bad_images=config.skip_bad_images,
     )
     return StreamInput(mesh, spec, batch_size, data.size, data.num_classes)
 
@@ -437,6 +439,8 @@ class _Run:
                         interrupted = True
                         stopped_by = signal.Signals(stop_request.signal or signal.SIGTERM).name
                         break
+        except DataError as error:
+            raise self._stopped_by_data(error) from None
         finally:
             batches.close()  # stops a stream's decoding processes
             self.checkpoints.wait()
@@ -453,6 +457,21 @@ class _Run:
             "best_step": self.meta["best_step"],
             **self.result,
         }
+
+    def _stopped_by_data(self, error: DataError) -> DataError:
+        """Save this step (the state is whole: a data set fails between steps), as a signal
+        does, so that an undecodable file loses no work; the error says how to go on."""
+        if self.step > 0:
+            self._save(None)
+            self.checkpoints.wait()
+            where = f"saved in {self.checkpoints.directory}"
+        else:
+            where = "nothing to save yet"
+        return DataError(
+            f"{error} Training stopped at step {self.step} ({where}): the same command resumes "
+            f"there once the file is fixed, or with --config.skip_bad_images=true, which skips "
+            f"such files."
+        )
 
     def _epoch_end(self) -> bool:
         return self.step % self.steps_per_epoch == 0

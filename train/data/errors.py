@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -43,4 +44,5 @@ def decoded(decode: Callable[..., T], source: str, *args: Any, **kwargs: Any) ->
     try:
         return decode(*args, **kwargs)
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"Cannot decode {source}: {error}. Remove or replace the file.") from error
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))  # PIL's
+        raise DataError(f"Cannot decode {source}: {reason}. Remove or replace the file.") from error

@@ -33,8 +33,9 @@ class StreamSpec:
     """What a stream reads and how, apart from the position in it: a split of a streamed data
     set (``split`` may be a slice, ``'train[:10%]'``), the crop size, whether training crops
     are augmented, the shuffling seed, the decoding processes (0: in this process; ``None``:
-    :func:`default_num_workers`) and the class list labels index (``None``: the split's own;
-    see :mod:`~resnet_flax.train.data.classes`)."""
+    :func:`default_num_workers`), the class list labels index (``None``: the split's own;
+    see :mod:`~resnet_flax.train.data.classes`) and whether undecodable images are skipped
+    (:mod:`~resnet_flax.train.data.stream`)."""
 
     dataset: str
     data_dir: str | None
@@ -44,6 +45,7 @@ class StreamSpec:
     seed: int = 0
     num_workers: int | None = None
     class_names: tuple[str, ...] | None = None
+    skip_bad_images: bool = False
 
 
 class StreamInfo(NamedTuple):

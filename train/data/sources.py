@@ -1,8 +1,8 @@
 """Random-access sources of encoded images for the streamed data sets.
 
-Sources yield {"image": encoded bytes, "label": int, "source": where the image came from} and
-know their ``class_names`` and ``num_classes``; they pickle small (worker processes get a
-copy) and open files or TFDS readers only when read.
+Sources yield {"image": encoded bytes, "label": int, "source": where the image came from,
+"index": its position} and know their ``class_names`` and ``num_classes``; they pickle small
+(worker processes get a copy) and open files or TFDS readers only when read.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class FolderSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = join(self._root, os.fsdecode(self._files[index]))
         image = paths.read_bytes(path)
-        return {"image": image, "label": int(self._labels[index]), "source": path}
+        return {"image": image, "label": int(self._labels[index]), "source": path, "index": index}
 
 
 class TfdsSource:
@@ -63,7 +63,8 @@ class TfdsSource:
         record = self._source[index]
         name, split, _ = self._args
         source = f"TFDS {name} {split} record {index}"
-        return {"image": record["image"], "label": int(record["label"]), "source": source}
+        label = int(record["label"])
+        return {"image": record["image"], "label": label, "source": source, "index": index}
 
 
 def folder_source(data_dir: str | None, split: str) -> FolderSource:

@@ -8,13 +8,19 @@ output does not depend on the number of workers.
            (with augment=False: resize + centre crop, as eval)
     eval:  source -> resize + centre crop, padded with masked blanks to whole global batches
     then:  every process_count-th example from process_index -> batch -> [start_step:]
+
+An image that cannot be decoded raises a DataError naming it; with ``skip_bad_images`` a
+training example takes the place of the next decodable one in the source (timm's datasets do
+the same) and an evaluation example becomes a masked blank, each with a warning that counts
+the files this decoding process has skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -43,27 +49,72 @@ def _let_grain_read_its_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+_SKIPPED: set[str] = set()  # in this decoding process
+_MAX_CONSECUTIVE = 50  # bad files in a row before giving up: the data set itself is broken
+
+
+def _decode_or_skip(
+    decode: Callable[[dict[str, Any]], np.ndarray],
+    record: dict[str, Any],
+    source: Any | None,
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """``(decode(record), record)``; an undecodable record raises DataError, or with a
+    ``source`` (skipping) gives way to the next decodable one there (None without one)."""
+    for _ in range(_MAX_CONSECUTIVE):
+        try:
+            return decode(record), record
+        except DataError as error:
+            if source is None:
+                raise
+            _SKIPPED.add(record["source"])
+            warnings.warn(
+                f"{error} Skipped ({len(_SKIPPED)} file(s) skipped by this decoding process).",
+                stacklevel=2,
+            )
+            if record.get("index") is None:
+                return None
+            record = source[(record["index"] + 1) % len(source)]
+    raise DataError(f"{_MAX_CONSECUTIVE} undecodable images in a row: check the data set.")
+
+
 @dataclasses.dataclass(frozen=True)
 class RandomCrop(grain.transforms.RandomMap):
-    """Decode, random-resized-crop and flip one record."""
+    """Decode, random-resized-crop and flip one record (``skip``: the source to take the
+    next decodable record from)."""
 
     image_size: int
+    skip: Any = None
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = decoded(train_crop, record["source"], record["image"], self.image_size, rng)
+        def crop(r: dict[str, Any]) -> np.ndarray:
+            return decoded(train_crop, r["source"], r["image"], self.image_size, rng)
+
+        image, record = _decode_or_skip(crop, record, self.skip)
         return {"image": image, "label": np.int32(record["label"])}
 
 
 @dataclasses.dataclass(frozen=True)
 class CentreCrop(grain.transforms.Map):
     """Decode, resize the shorter side to size*256/224 and centre-crop one record; eval records
-    carry ``mask`` (True: a real example)."""
+    carry ``mask`` (True: a real example). ``skip`` (the source): training takes the next
+    decodable record from it; evaluation leaves an undecodable one out (masked)."""
 
     image_size: int
     masked: bool
+    skip: Any = None
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
-        image = decoded(eval_crop, record["source"], record["image"], self.image_size)
+        def crop(r: dict[str, Any]) -> np.ndarray:
+            return decoded(eval_crop, r["source"], r["image"], self.image_size)
+
+        if self.masked and self.skip is not None:
+            found = _decode_or_skip(crop, record | {"index": None}, self.skip)
+            if found is None:
+                blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+                return {"image": blank, "label": np.int32(0), "mask": np.False_}
+        else:
+            found = _decode_or_skip(crop, record, self.skip)
+        image, record = found
         out = {"image": image, "label": np.int32(record["label"])}
         if self.masked:
             out["mask"] = np.True_
@@ -155,15 +206,16 @@ def make_stream(
     )
     source, index = _source(spec.dataset, spec.data_dir, spec.split, spec.class_names)
     ds = grain.MapDataset.source(source)[index]
+    skip = source if spec.skip_bad_images else None
     if train:
         ds = ds.seed(seed).shuffle().repeat()
         if spec.augment:
-            ds = ds.random_map(RandomCrop(image_size))
+            ds = ds.random_map(RandomCrop(image_size, skip))
         else:
-            ds = ds.map(CentreCrop(image_size, masked=False))
+            ds = ds.map(CentreCrop(image_size, masked=False, skip=skip))
     else:
         padding = -len(ds) % global_batch_size
-        ds = ds.map(CentreCrop(image_size, masked=True))
+        ds = ds.map(CentreCrop(image_size, masked=True, skip=skip))
         if padding:
             blanks = grain.MapDataset.range(padding).map(PaddingRecord(image_size))
             ds = grain.MapDataset.concatenate([ds, blanks])
