@@ -412,3 +412,30 @@ def test_an_undecodable_image_saves_first_and_can_be_skipped(tmp_path, tiny_conf
             tiny_config(skip_bad_images=True, **config), tmp_path / "run"
         )
     assert result["step"] == 6 and np.isfinite(result["eval"]["loss"])
+
+
+def test_a_full_disk_is_one_line_not_orbaxs_tracebacks(tmp_path):
+    """Checkpoint files cut short by the OS (a file size limit stands in for a full disk, the
+    same failed write): exit 2 and one ``error:`` line saying what to do."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))\n"
+        "from train import cli\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    argv = ["--config", "resnet20_digits", "--workdir", str(tmp_path / "run")]
+    argv += ["--config.train_split=train[:128]", "--config.num_epochs=1", "--config.image_size=16"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        f"error: cannot write a checkpoint in {tmp_path / 'run' / 'checkpoints'}: File too "
+        f"large. Make room there (or lower keep_checkpoints), then run the same command again: "
+        f"it resumes from the start."
+    ]

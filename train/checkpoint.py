@@ -21,9 +21,15 @@ is skipped by all, so every process resumes from the same step.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
+import logging
+import os
+import re
+import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -44,7 +50,11 @@ _CHUNK = 1 << 22
 
 
 class CheckpointError(ValueError):
-    """No readable checkpoint where one was expected."""
+    """No readable checkpoint where one was expected, or one that does not fit the run."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a quota, a file size limit)."""
 
 
 def _accuracy(metrics: dict[str, Any]) -> float:
@@ -122,7 +132,10 @@ class Checkpoints:
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         )
         metrics = None if accuracy is None else {"accuracy": float(accuracy)}
-        saved = self._manager.save(step, args=args, metrics=metrics, force=True)
+        try:  # raises the previous save's failure, if it failed
+            saved = self._manager.save(step, args=args, metrics=metrics, force=True)
+        except Exception as error:
+            raise self._write_error(error) from None
         # orbax finished the previous save before starting this one: its files are final.
         self._record_checksums()
         if saved:
@@ -216,9 +229,24 @@ class Checkpoints:
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self._manager.reload()
 
+    def _write_error(self, error: Exception) -> CheckpointWriteError:
+        """A failed background save (a full disk, a quota) as one line: the reason the OS
+        gave, where, and how to go on."""
+        code = re.search(r"os_error_code='(\d+)'", str(error))
+        said = os.strerror(int(code.group(1))) if code else _short(error)
+        kept = [s for s in self.all_steps() if (self.directory / str(s)).is_dir()]
+        last = f"step {kept[-1]}" if kept else "the start"
+        return CheckpointWriteError(
+            f"cannot write a checkpoint in {self.directory}: {said}. Make room there (or lower "
+            f"keep_checkpoints), then run the same command again: it resumes from {last}."
+        )
+
     def wait(self) -> None:
         """Block until the pending asynchronous save is on disk, with its checksums."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._write_error(error) from None
         self._record_checksums()
         if self._recording is not None:
             self._recording.result()
@@ -288,6 +316,39 @@ def verify_checksums(step_dir: paths.Path) -> None:
 class _ElsewhereError(RuntimeError):
     def __init__(self, step: int) -> None:
         super().__init__(f"step {step} could not be read by another process")
+
+
+@contextlib.contextmanager
+def quiet_background_failures() -> Iterator[None]:
+    """While saving: orbax's background saves log a failure (a full disk) with its traceback
+    before :meth:`Checkpoints.wait` raises it, asyncio logs each failed write's future, and
+    TensorStore's callbacks report each closed event loop as unraisable; all are dropped and
+    the failure is raised once, in one line. After a failed save orbax's abandoned tasks go on
+    reporting themselves as they are collected (at exit, mostly), so the silence stays."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels, hook = [logger.level for logger in loggers], sys.unraisablehook
+    failed = False
+
+    def unraisable(info: Any) -> None:
+        error = info.exc_value
+        closed_loop = isinstance(error, RuntimeError) and "loop is closed" in str(error)
+        if not (closed_loop or failed):
+            hook(info)
+
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    except CheckpointWriteError:
+        failed = True
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+        raise
+    finally:
+        if not failed:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+            sys.unraisablehook = hook
 
 
 def _agreed(steps: list[int]) -> list[int]:

@@ -45,6 +45,7 @@ from .checkpoint import (
     Checkpoints,
     abstract_tree,
     load_variables,
+    quiet_background_failures,
     read_meta,
     resolve,
 )
@@ -586,7 +587,8 @@ def train_and_evaluate(config: Any, workdir: paths.PathLike) -> dict[str, Any]:
     before the end, ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that did.
     """
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's per-save chatter
-    return _Run(config, paths.as_path(workdir)).train()
+    with quiet_background_failures():
+        return _Run(config, paths.as_path(workdir)).train()
 
 
 # ---------------------------------------------------------------------------------- evaluation
