@@ -99,6 +99,18 @@ def test_folder_in_memory_labels_shapes_and_cache(tmp_path, monkeypatch):
         load_arrays("folder", str(data), "train", 32)
 
 
+def test_folder_images_in_class_subfolders_belong_to_the_class(tmp_path):
+    """torchvision's ImageFolder walks below each class folder; so does the listing."""
+    from train.data.folder import list_folder
+
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    for name in ("a/x/1.png", "a/x/y/2.png", "a/3.png", "b/deep/4.png", "b/.hidden/5.png"):
+        _save(tmp_path / "train" / name, pixels)
+    listing = list_folder(str(tmp_path), "train")
+    assert listing.files == ["a/3.png", "a/x/1.png", "a/x/y/2.png", "b/deep/4.png"]
+    assert listing.labels.tolist() == [0, 0, 0, 1]
+
+
 def test_folder_real_cifar10_jpeg_val(tmp_path):
     if not CIFAR_JPEG.exists():
         pytest.skip(f"{CIFAR_JPEG} not present (set RESNET_FLAX_SHARED to the shared folder)")
@@ -147,12 +159,16 @@ def _cifar10_members(n: int = 2) -> tuple[dict[str, bytes], dict[str, np.ndarray
     return members, {"rows": rows, "labels": labels}
 
 
-def _write_tar(path: Path, members: dict[str, bytes], top: str) -> None:
+def _write_tar(path: Path, members: dict[str, bytes], top: str, monkeypatch=None) -> None:
+    """A CIFAR-style archive; with ``monkeypatch``, its md5 is made the published one."""
     with tarfile.open(path, "w:gz") as tar:
         for name, payload in members.items():
             info = tarfile.TarInfo(f"{top}/{name}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+    if monkeypatch is not None:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        monkeypatch.setitem(cifar.CIFAR, "cifar10", replace(cifar.CIFAR["cifar10"], md5=md5))
 
 
 @pytest.fixture
@@ -163,11 +179,12 @@ def no_download(monkeypatch):
     monkeypatch.setattr(cifar, "download", offline)
 
 
-def test_cifar10_from_python_archive_and_folder(tmp_path, no_download):
+def test_cifar10_from_python_archive_and_folder(tmp_path, no_download, monkeypatch):
     members, expected = _cifar10_members()
     archive_dir, folder_dir = tmp_path / "archive", tmp_path / "folder"
     archive_dir.mkdir()
-    _write_tar(archive_dir / "cifar-10-python.tar.gz", members, "cifar-10-batches-py")
+    archive = archive_dir / "cifar-10-python.tar.gz"
+    _write_tar(archive, members, "cifar-10-batches-py", monkeypatch)
     (folder_dir / "cifar-10-batches-py").mkdir(parents=True)
     for name, payload in members.items():
         (folder_dir / "cifar-10-batches-py" / name).write_bytes(payload)
@@ -191,11 +208,22 @@ def test_cifar10_from_python_archive_and_folder(tmp_path, no_download):
         head = load_arrays("cifar10", str(root), "train[:4]", 32)
         np.testing.assert_array_equal(head.images, train.images[:4])
 
+    # an archive cut short, its md5 right (as if the published one were): named, not EOFError
+    archive.write_bytes(archive.read_bytes()[:-200])
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(cifar.CIFAR, "cifar10", replace(cifar.CIFAR["cifar10"], md5=md5))
+    with pytest.raises(DataError, match=r"Cannot read .*cifar-10-python.tar.gz .*delete it"):
+        load_arrays("cifar10", str(archive_dir), "test", 32)
+    monkeypatch.undo()  # the published md5 again: the local archive is checked, as torchvision
+    with pytest.raises(DataError, match=r"tar.gz has md5 [0-9a-f]{32}, but cifar-10-python"
+                       r".tar.gz has c58f30108f718f92721af3b95e74349a: it is damaged"):  # fmt: skip
+        load_arrays("cifar10", str(archive_dir), "test", 32)
 
-def test_cifar_batch_file_cannot_run_code(tmp_path, no_download):
+
+def test_cifar_batch_file_cannot_run_code(tmp_path, no_download, monkeypatch):
     members, _ = _cifar10_members()
     members["data_batch_1"] = pickle.dumps({b"data": os.getcwd}, protocol=2)  # a global
-    _write_tar(tmp_path / "cifar-10-python.tar.gz", members, "cifar-10-batches-py")
+    _write_tar(tmp_path / "cifar-10-python.tar.gz", members, "cifar-10-batches-py", monkeypatch)
     with pytest.raises(DataError, match="not a CIFAR python batch file"):
         load_arrays("cifar10", str(tmp_path), "train", 32)
 
@@ -221,6 +249,7 @@ def test_cifar_offline_and_absent_says_what_to_put_where(tmp_path, no_download):
     message = str(error.value)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
     assert "network is unreachable" in message and "TFDS" in message
+    assert "--config.dataset=folder" in message  # the ImageFolder route
     with pytest.raises(DataError, match="cifar-100-python.tar.gz"):
         load_arrays("cifar100", str(tmp_path), "test", 32)
 

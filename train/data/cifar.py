@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import hashlib
 import io
 import os
 import pickle
 import tarfile
+import zlib
 
 import numpy as np
 from tqdm import tqdm
@@ -111,6 +113,7 @@ def _read_members(files: CifarFiles, root: str, wanted: tuple[str, ...]) -> dict
             found[name] = path.read_bytes()
         return found
     archive = paths.as_path(root) / files.archive
+    _check_md5(archive, files)
     try:
         with archive.open("rb") as file, tarfile.open(fileobj=file, mode="r:gz") as tar:
             found = {}
@@ -118,12 +121,25 @@ def _read_members(files: CifarFiles, root: str, wanted: tuple[str, ...]) -> dict
                 top, _, name = member.name.partition("/")
                 if top == files.folder and name in wanted and member.isfile():
                     found[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:  # EOFError: cut short
         raise DataError(f"Cannot read {archive} ({error}): delete it to fetch it again.") from error
     missing = sorted(set(wanted) - set(found))
     if missing:
         raise DataError(f"{archive} lacks {files.folder}/{missing[0]}: it is not {files.archive}.")
     return found
+
+
+def _check_md5(archive: paths.Path, files: CifarFiles) -> None:
+    """The archive's md5 against the published one, as torchvision checks it."""
+    digest = hashlib.md5()
+    with archive.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != files.md5:
+        raise DataError(
+            f"{archive} has md5 {digest.hexdigest()}, but {files.archive} has {files.md5}: it is "
+            f"damaged or another file. Delete it to fetch it again (from {files.url})."
+        )
 
 
 def _fetch_archive(dataset: str, root: str, tfds_reason: str) -> None:
@@ -137,7 +153,8 @@ def _fetch_archive(dataset: str, root: str, tfds_reason: str) -> None:
             f"{files.title} not found and could not be downloaded ({error}). Put {files.archive} "
             f"(from {files.url}, md5 {files.md5}) at {dest}, or its extracted folder "
             f"{files.folder}/ in {root}. TFDS {dataset!r} prepared as array_record in that "
-            f"data_dir also works ({tfds_reason})."
+            f"data_dir also works ({tfds_reason}), and so do the same images as an ImageFolder "
+            f"tree: --config.dataset=folder --config.data_dir=DIR (DIR/train/CLASS/IMAGE)."
         ) from error
 
 

@@ -1,6 +1,7 @@
 """The ImageFolder layout, `<data_dir>/<split>/<class>/<image>`: finding splits, classes, files.
 
-Class index = position of the class folder's name in sorted order, as in torchvision.
+Class index = position of the class folder's name in sorted order, and images anywhere below a
+class folder (subfolders included) belong to it, as in torchvision.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def _visible_dirs(path: str) -> list[str]:
     return [name for name in paths.list_dir(path)[0] if not name.startswith(".")]
 
 
+def _images_below(folder: str) -> list[str]:
+    """Image files below ``folder``, subfolders included (hidden ones skipped), as sorted
+    ``/``-separated paths relative to it."""
+    found, pending = [], [""]
+    while pending:
+        inner = pending.pop()
+        dirs, files = paths.list_dir(join(folder, inner) if inner else folder)
+        prefix = f"{inner}/" if inner else ""
+        found += [prefix + f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        pending += [prefix + d for d in dirs if not d.startswith(".")]
+    return sorted(found)
+
+
 def folder_splits(data_dir: str) -> list[str]:
     """The split folders under `data_dir`."""
     return _visible_dirs(require_dir(data_dir, "Image folder", LAYOUT))
@@ -59,9 +73,7 @@ def list_folder(data_dir: str | None, split: str) -> FolderListing:
     labels: list[int] = []
     empty = []
     for index, name in enumerate(class_names):
-        found = [
-            f for f in paths.list_dir(join(root, name))[1] if f.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+        found = _images_below(join(root, name))
         if not found:
             empty.append(name)
         files.extend(f"{name}/{f}" for f in found)
