@@ -13,7 +13,7 @@ that block until done, plus the train step's compile time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -46,7 +46,15 @@ class Built:
 
 
 def num_classes(name: str) -> int:
-    return 10 if name.endswith("_cifar") else 1000
+    """The class count of ``name`` as our registry builds it."""
+    return create_model(name).num_classes
+
+
+def _known(name: str, contestant: str, names: Iterable[str]) -> None:
+    if name not in names:
+        raise SystemExit(
+            f"error: the {contestant} contestant has no {name}: it knows {', '.join(names)}."
+        )
 
 
 def sgd() -> optax.GradientTransformation:
@@ -99,6 +107,7 @@ def ours(
 
 
 def flax(name: str, batch: int, size: int, dtype: Any = jnp.float32) -> Built:
+    _known(name, "plain-Flax", flax_example.MODELS)
     classes = num_classes(name)
     model = flax_example.MODELS[name](dtype=dtype)
     host = host_batch(batch, size, classes)
@@ -154,11 +163,15 @@ def torch(
 
     classes = num_classes(name)
     th.manual_seed(0)
+    cifar = {f"resnet{6 * n + 2}": n for n in (3, 5, 7, 9, 18, 200)}
     if name == "resnet18_cifar":
         model = torchvision.models.resnet18(num_classes=classes)
         model.conv1 = th.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = th.nn.Identity()
+    elif name in cifar:
+        model = _torch_cifar_resnet(cifar[name], classes)
     else:
+        _known(name, "PyTorch", [*torchvision.models.list_models(torchvision.models), *cifar])
         model = getattr(torchvision.models, name)(num_classes=classes)
     model = model.to(device=device, memory_format=th.channels_last)
     opt = th.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -195,6 +208,37 @@ def torch(
         sync()
 
     return Built(train, evaluate, 0.0)
+
+
+def _torch_cifar_resnet(n: int, classes: int) -> Any:
+    """He et al.'s CIFAR ResNet (6n+2 layers, option-A shortcuts) in PyTorch: torchvision has
+    none. The same layers as ``create_model(f"resnet{6n+2}")``."""
+    import torch as th
+
+    class Block(th.nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = th.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = th.nn.BatchNorm2d(cout)
+            self.conv2 = th.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = th.nn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x: Any) -> Any:
+            out = self.bn2(self.conv2(th.relu(self.bn1(self.conv1(x)))))
+            short = x[:, :, :: self.stride, :: self.stride]
+            extra = (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2)
+            return th.relu(out + th.nn.functional.pad(short, extra))
+
+    layers: list[Any] = [th.nn.Conv2d(3, 16, 3, 1, 1, bias=False), th.nn.BatchNorm2d(16)]
+    layers.append(th.nn.ReLU())
+    cin = 16
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(n):
+            layers.append(Block(cin, width, 2 if i > 0 and j == 0 else 1))
+            cin = width
+    layers += [th.nn.AdaptiveAvgPool2d(1), th.nn.Flatten(), th.nn.Linear(64, classes)]
+    return th.nn.Sequential(*layers)
 
 
 CONTESTANTS: dict[str, Callable[..., Built]] = {"ours": ours, "flax": flax, "torch": torch}

@@ -19,9 +19,14 @@ class Block(nn.Module):
     conv: type
     norm: type
     strides: int = 1
+    zero_pad: bool = False  # He et al.'s CIFAR option A: subsample and zero-pad, no projection
 
     def shortcut(self, residual, y):
         """The input, projected (1x1 conv + norm) when its shape differs from the output's."""
+        if residual.shape != y.shape and self.zero_pad:
+            residual = residual[:, :: self.strides, :: self.strides]
+            extra = y.shape[-1] - residual.shape[-1]
+            return jnp.pad(residual, ((0, 0),) * 3 + ((extra // 2, extra - extra // 2),))
         if residual.shape != y.shape:
             strides = (self.strides, self.strides)
             residual = self.norm()(self.conv(y.shape[-1], (1, 1), strides)(residual))
@@ -53,6 +58,8 @@ class ResNet(nn.Module):
     block_cls: type
     num_classes: int
     cifar_stem: bool = False
+    widths: Sequence[int] = (64, 128, 256, 512)
+    zero_pad: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -61,7 +68,7 @@ class ResNet(nn.Module):
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        dtype=self.dtype)  # fmt: skip
         if self.cifar_stem:
-            x = nn.relu(norm()(conv(64, (3, 3))(x)))
+            x = nn.relu(norm()(conv(self.widths[0], (3, 3))(x)))
         else:
             x = conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)
             x = nn.relu(norm()(x))
@@ -69,7 +76,8 @@ class ResNet(nn.Module):
         for i, block_size in enumerate(self.stage_sizes):
             for j in range(block_size):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = self.block_cls(64 * 2**i, conv=conv, norm=norm, strides=strides)(x)
+                block = self.block_cls(self.widths[i], conv, norm, strides, self.zero_pad)
+                x = block(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
@@ -77,4 +85,11 @@ class ResNet(nn.Module):
 MODELS = {
     "resnet18_cifar": partial(ResNet, (2, 2, 2, 2), BasicBlock, 10, cifar_stem=True),
     "resnet50": partial(ResNet, (3, 4, 6, 3), BottleneckBlock, 1000),
+    # He et al.'s CIFAR ResNets: 6n+2 layers, widths 16/32/64, option-A shortcuts
+    **{
+        f"resnet{6 * n + 2}": partial(
+            ResNet, (n, n, n), BasicBlock, 10, cifar_stem=True, widths=(16, 32, 64), zero_pad=True
+        )
+        for n in (3, 5, 7, 9, 18, 200)
+    },
 }

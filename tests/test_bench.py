@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_quick_run_writes_table_and_json(tmp_path):
     out = tmp_path / "results.json"
-    args = ["--shapes", "resnet18_cifar:4:32", "--repeats", "2", "--warmup", "0"]
+    args = ["--shapes", "resnet18_cifar:4:32,resnet20:4:32", "--repeats", "2", "--warmup", "0"]
     args += ["--jpegs", "4", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True
@@ -26,6 +26,7 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| train step, img/s | resnet18_cifar b4 32px |" in done.stdout
     assert "train resnet18_cifar b4 32px: ours / PyTorch per round" in done.stdout
+    assert "| eval forward, img/s | resnet20 b4 32px |" in done.stdout  # a CIFAR ResNet too
     results = json.loads(out.read_text())
     seen = {(r["section"], r["contestant"]) for r in results["records"]}
     for section in ("train", "eval"):
@@ -37,6 +38,28 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert "one GPU consuming 3,000 img/s needs" in done.stdout
     assert all(r["value"] > 0 for r in results["records"])
     assert results["machine"]["compiler_options"] == compiler_options("cpu")
+
+
+def test_the_peers_build_he_et_al_cifar_resnets_as_ours():
+    """resnet20/56 for PyTorch and plain Flax: the same parameters as create_model's."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench import contestants, flax_example
+    from resnet_flax import create_model
+    from resnet_flax.models.registry import count_parameters
+
+    for name, n in (("resnet20", 3), ("resnet56", 9)):
+        ours = count_parameters(create_model(name))
+        torch_model = contestants._torch_cifar_resnet(n, 10)
+        assert sum(p.numel() for p in torch_model.parameters()) == ours
+        model = flax_example.MODELS[name]()
+        shapes = jax.eval_shape(
+            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        )
+        assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == ours
+    with pytest.raises(SystemExit, match="plain-Flax contestant has no resnet101"):
+        contestants.flax("resnet101", 2, 32)
 
 
 def test_bench_rejects_an_unknown_section():

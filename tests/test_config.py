@@ -14,6 +14,7 @@ from train import cli
 from train.config import (
     ConfigError,
     apply_overrides,
+    base_config,
     list_configs,
     load_config,
     override,
@@ -383,3 +384,42 @@ def test_the_trainer_runs_from_the_checkout_with_each_module_under_one_name(tmp_
     assert line.startswith("EXIT None TWICE {}") or line.startswith("EXIT 0 TWICE {}"), line
     assert "'train.loop'" in line and "'resnet_flax.configs._base'" in line
     assert "resnet_flax.train" not in line and "'configs" not in line
+
+
+def test_cli_names_itself_as_started_and_lists_every_key(monkeypatch, capsys) -> None:
+    from train import plot
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/resnet-flax-train"])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: resnet-flax-train ")
+    for key in base_config().to_dict():  # every key, with its default
+        assert re.search(rf"^  {key}=", out, re.M), key
+    assert "  skip_bad_images=False  (Streamed data sets:" in out
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/resnet-flax-plot"])
+    with pytest.raises(SystemExit):
+        plot.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: resnet-flax-plot ")
+    monkeypatch.setattr(sys, "argv", ["/x/train/__main__.py"])
+    assert cli.program("train", "resnet-flax-train") == "python -m train"
+
+
+def test_cli_end_names_the_workdir_and_the_plot_command(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli, "_run", lambda *args: {"step": 8})
+    monkeypatch.setattr(sys, "argv", ["resnet-flax-train"])
+    assert cli.main(["--config", "lenet5_cifar", "--workdir", str(tmp_path / "run")]) == 0
+    assert f"Curves: resnet-flax-plot {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+def test_an_unreachable_object_store_fails_fast(tmp_path, monkeypatch, capsys) -> None:
+    """gs:// with its service unreachable: a clear error in seconds, not minutes of retries."""
+    import time
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setattr(cli, "_run", lambda *args: pytest.fail("ran"))
+    start = time.perf_counter()
+    code = cli.main(["--config", "resnet20_digits", "--workdir", "gs://bucket/run"])
+    assert code == 2 and time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert "gs://bucket/run: cannot reach http://127.0.0.1:9" in err and "STORAGE_EMULATOR" in err

@@ -439,3 +439,9 @@ def test_a_full_disk_is_one_line_not_orbaxs_tracebacks(tmp_path):
         f"large. Make room there (or lower keep_checkpoints), then run the same command again: "
         f"it resumes from the start."
     ]
+
+
+def test_each_evaluation_is_a_line_of_the_log(tmp_path, tiny_config, capsys):
+    loop.train_and_evaluate(tiny_config(max_steps=4), tmp_path)
+    out = capsys.readouterr().out
+    assert re.search(r"^eval step 4 \(epoch 1\) \| loss [\d.]+ \| accuracy [\d.]+$", out, re.M)

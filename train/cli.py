@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 
@@ -20,6 +22,7 @@ import ml_collections
 from resnet_flax.io import paths
 
 from .config import (
+    CONFIG_DIR,
     ConfigError,
     apply_overrides,
     list_configs,
@@ -33,17 +36,38 @@ USAGE_ERROR = 2
 EPILOG = f"""\
 override any config key: {PREFIX}KEY=VALUE (values are JSON or Python literals, typed by the key)
   {PREFIX}learning_rate=0.05  {PREFIX}model_options.zero_init_residual=true
-  {PREFIX}lr_boundaries=[30,60]  {PREFIX}pretrained=/path/to/resnet34.pth
+  {PREFIX}lr_boundaries=[30,60]  {PREFIX}pretrained=resnet34.tv_in1k
 
 configs: {", ".join(list_configs())}
 """
+_KEY_LINE = re.compile(r"^    config\.(\w+) = (.+?)(?:  # (.*))?$")
+
+
+def program(module: str, script: str) -> str:
+    """How the user started this command: its console script's name (``script``) when
+    installed and run by it, else ``python -m MODULE``."""
+    started = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script if started == script else f"python -m {module}"
+
+
+def config_keys() -> str:
+    """Every config key, its default and its meaning, from the defaults' own source."""
+    lines, above = [], []  # the comment block right above a key explains it too
+    for line in (CONFIG_DIR / "_base.py").read_text().splitlines():
+        match = _KEY_LINE.match(line)
+        if match:
+            key, default, meaning = match.groups()
+            meaning = meaning or " ".join(above)
+            lines.append(f"  {key}={default}" + (f"  ({meaning})" if meaning else ""))
+        above = [*above, line.strip()[2:]] if line.strip().startswith("# ") else []
+    return "config keys (default, meaning):\n" + "\n".join(lines) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train",
+        prog=program(__package__, "resnet-flax-train"),
         description="Train (or evaluate) a resnet-flax model from a config.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + config_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
@@ -94,11 +118,12 @@ def resolve_config(
     return config
 
 
-def _check_before_run(config: ml_collections.ConfigDict) -> None:
-    """The data_dir and the batch sizes against the devices, before anything is written."""
+def _check_before_run(config: ml_collections.ConfigDict, workdir: paths.Path) -> None:
+    """Remote paths, the data_dir and the batch sizes against the devices, before anything
+    is written."""
     from . import loop  # deferred: imports JAX and the data pipeline
 
-    loop.check_before_run(config)
+    loop.check_before_run(config, workdir)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: paths.Path, eval_only: bool) -> dict:
@@ -118,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(rest)
         config = resolve_config(args.config, overrides)
         workdir = paths.as_path(args.workdir or f"runs/{config.name}")
-        _check_before_run(config)
+        _check_before_run(config, workdir)
         results = _run(config, workdir, args.eval_only)
     except ValueError as error:  # the project's bad-input errors: ConfigError, DataError, ...
         print(f"error: {error}", file=sys.stderr)
@@ -127,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: run the same command again to resume.", file=sys.stderr)
         return 130
     print(json.dumps(results, indent=2, default=float))
+    if not args.eval_only:
+        installed = program(__package__, "resnet-flax-train") == "resnet-flax-train"
+        plot = "resnet-flax-plot" if installed else f"python -m {__package__}.plot"
+        print(
+            f"run in {workdir}: metrics.jsonl, TensorBoard events and checkpoints. Curves: "
+            f"{plot} {workdir}",
+            file=sys.stderr,
+        )
     if results.get("signal"):
         print(
             f"stopped by {results['signal']} at step {results['step']} (saved): run the same "

@@ -132,10 +132,13 @@ def _input(
     return StreamInput(mesh, spec, batch_size, data.size, data.num_classes)
 
 
-def check_before_run(config: Any) -> None:
-    """What can be checked before any data is read: a data set read from files has its
-    data_dir, and the batch sizes split over the devices (multi-process JAX started, as
-    :func:`_start` does)."""
+def check_before_run(config: Any, workdir: paths.PathLike | None = None) -> None:
+    """What can be checked before any data is read: remote paths' services answer, a data set
+    read from files has its data_dir, and the batch sizes split over the devices
+    (multi-process JAX started, as :func:`_start` does)."""
+    for path in (workdir, config.data_dir, config.pretrained, config.checkpoint):
+        if path:
+            paths.check_reachable(path)
     spec = dataset_spec(config.dataset)
     if spec.layout:
         require_dir(_data_dir(config), f"dataset={config.dataset!r}", f"It holds {spec.layout}.")
@@ -418,7 +421,7 @@ class _Run:
         config, interrupted, stopped_by = self.config, False, None
         if self.step >= self.stop_step:
             _say(f"already at step {self.step}: nothing to train (raise max_steps or num_epochs)")
-        progress = Progress(
+        self.progress = progress = Progress(
             self.stop_step, self.step, config.name or config.model, config.log_every_steps
         )
         self._window = (time.perf_counter(), self.step)  # throughput: (start, first step)
@@ -516,7 +519,10 @@ class _Run:
         variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
         metrics = self.built.evaluate(variables)
         self.result["eval"] = metrics
-        self.writer.write("eval", self.step, self.step / self.steps_per_epoch, **metrics)
+        epoch = self.step / self.steps_per_epoch
+        self.writer.write("eval", self.step, epoch, **metrics)
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        self.progress.write(f"eval step {self.step} (epoch {epoch:g}) | {shown}")
         if self.meta["best_accuracy"] is None or metrics["accuracy"] > self.meta["best_accuracy"]:
             self.meta.update(best_accuracy=metrics["accuracy"], best_step=self.step)
         window_start, first = self._window

@@ -192,6 +192,15 @@ class Progress:
             parts.append(f"eta {tqdm.format_interval(eta)}")
         print(" | ".join(parts), file=self._file, flush=True)
 
+    def write(self, text: str) -> None:
+        """A line of its own (process 0), above the bar on a terminal."""
+        if not self._active:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self._file)
+        else:
+            print(text, file=self._file, flush=True)
+
     def close(self) -> None:
         """Finish the bar."""
         if self._bar is not None:

@@ -101,8 +101,10 @@ def _title(workdir: paths.Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Plot a run's curves; exit code 2 with ``error: ...`` when there is nothing to plot."""
+    from .cli import program
+
     parser = argparse.ArgumentParser(
-        prog="python -m train.plot", description=__doc__.split("\n")[0]
+        prog=program(f"{__package__}.plot", "resnet-flax-plot"), description=__doc__.split("\n")[0]
     )
     parser.add_argument("workdir", help="the run's work directory (holds metrics.jsonl)")
     parser.add_argument("--out", help="where to write the PNG (default: WORKDIR/curves.png)")

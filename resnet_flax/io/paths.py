@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import urllib.parse
 from typing import BinaryIO
 
 from etils import epath
@@ -57,6 +58,33 @@ def as_path(path: PathLike) -> epath.Path:
             raise PathError(f"{text}: {kind}:// paths need {module}: pip install {module}{also}.")
         return epath.Path(text)
     return epath.Path(local_path(text))
+
+
+# scheme -> (the variable naming a local server or mirror, the service's default address)
+_ENDPOINTS = {
+    "gs": ("STORAGE_EMULATOR_HOST", "https://storage.googleapis.com"),
+    "s3": ("AWS_ENDPOINT_URL", "https://s3.amazonaws.com"),
+}
+
+
+def check_reachable(path: PathLike, timeout: float = 5.0) -> None:
+    """For a ``gs://`` or ``s3://`` path, one connection to the service, within ``timeout``:
+    offline, a PathError now, not minutes of the client library's retries later."""
+    kind = scheme(path)
+    if kind not in _ENDPOINTS:
+        return
+    variable, default = _ENDPOINTS[kind]
+    address = os.environ.get(variable) or default
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise PathError(
+            f"{os.fspath(path)}: cannot reach {address} ({error.strerror or error}): check the "
+            f"network{f' or {variable}' if os.environ.get(variable) else ''}, or use a local "
+            f"path."
+        ) from None
 
 
 def local_path(path: PathLike) -> str:
