@@ -445,3 +445,27 @@ def test_each_evaluation_is_a_line_of_the_log(tmp_path, tiny_config, capsys):
     loop.train_and_evaluate(tiny_config(max_steps=4), tmp_path)
     out = capsys.readouterr().out
     assert re.search(r"^eval step 4 \(epoch 1\) \| loss [\d.]+ \| accuracy [\d.]+$", out, re.M)
+
+
+def test_predict_reads_a_training_runs_checkpoint(stopped_run, tmp_path, capsys):
+    """--weights WORKDIR: the run's model, its class names and its evaluation transform."""
+    from PIL import Image
+
+    from resnet_flax.inference.predict import main
+    from resnet_flax.io.transforms import EvalTransform
+
+    image = tmp_path / "seven.png"
+    pixels = np.random.default_rng(7).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    assert main(["--weights", str(stopped_run), "--kernels", "plain", str(image)]) == 0
+    printed = capsys.readouterr()
+    assert "resnet20 (" in printed.err and "step 1): resize 16, crop 16, bilinear" in printed.err
+    rows = re.findall(r"^  \d\. (\S+)\s+([\d.]+)%$", printed.out, re.M)
+
+    variables, _, _ = final_variables(stopped_run)
+    x = EvalTransform(16, 16, "bilinear", (0.5,) * 3, (0.5,) * 3)([image])
+    logits = create_model("resnet20", num_classes=10).apply(variables, x)
+    probs = np.asarray(jax.nn.softmax(logits))[0]
+    top = np.argsort(-probs)[:5]
+    assert [name for name, _ in rows] == [str(i) for i in top]  # digits' class names
+    np.testing.assert_allclose([float(p) for _, p in rows], 100 * probs[top], atol=0.006)

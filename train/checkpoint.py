@@ -41,10 +41,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_flax.io import paths
 from resnet_flax.io.download import ChecksumError
+from resnet_flax.io.runs import META, STATE, RunError, locate
 
 from .distributed import any_process, replicated
 
-STATE, META = "state", "meta"
 CHECKSUMS = "checksums.json"  # in each step directory: {"sha256": {relative path: hex digest}}
 _CHUNK = 1 << 22
 
@@ -389,14 +389,10 @@ def resolve(path: paths.PathLike) -> tuple[paths.Path, int | None]:
     Accepts a run's workdir (with ``checkpoints/``), a checkpoint directory, or one step
     directory inside it.
     """
-    path = _checkpoint_path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist (or is not a directory).")
-    if (path / "checkpoints").is_dir():
-        return path / "checkpoints", None
-    if path.name.isdigit() and (path / STATE).is_dir():
-        return path.parent, int(path.name)
-    return path, None
+    try:
+        return locate(_checkpoint_path(path))
+    except RunError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def read_meta(path: paths.PathLike) -> dict[str, Any]:

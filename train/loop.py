@@ -188,6 +188,21 @@ class Built:
         spec = dataset_spec(self.config.dataset)
         return normalize(images, spec.mean, spec.std, jnp.dtype(self.config.dtype))
 
+    def eval_transform(self) -> dict[str, Any]:
+        """How the evaluation split's images are made the model's input, as
+        :class:`~resnet_flax.io.transforms.EvalTransform`'s fields (what inference on a run's
+        checkpoint applies: :mod:`resnet_flax.io.runs`)."""
+        config, spec = self.config, dataset_spec(self.config.dataset)
+        size = config.image_size
+        in_memory = self.eval_data.data is not None  # resized whole; streams: resize, crop
+        return {
+            "resize_size": size if in_memory else round(size * 256 / 224),
+            "crop_size": size,
+            "interpolation": "bilinear",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        }
+
     def init_variables(self, *, abstract: bool = False) -> dict[str, Any]:
         """The model's initial variables, replicated (or their shapes, with ``abstract``)."""
         config = self.config
@@ -536,6 +551,7 @@ class _Run:
             step=self.step,
             epoch=self.step / self.steps_per_epoch,
             config=self.config.name,
+            transform=self.built.eval_transform(),  # for inference (resnet_flax.io.runs)
             **self._run_record(),
         )
         tree = {"train_state": self.state, "metrics": self.sums}

@@ -4,10 +4,13 @@ Example::
 
     python -m resnet_flax.predict --model resnet50 --weights resnet50-11ad3fa6.pth cat.jpg
     python -m resnet_flax.predict --weights resnet50.tv2_in1k cat.jpg  # fetched by tag
+    python -m resnet_flax.predict --weights runs/resnet18_cifar cat.png  # a training run
 
 The evaluation transforms follow the weights when their file name is torchvision's
 (``resnet50-11ad3fa6.pth`` is V2: resize 232, crop 224), else torchvision's V1 defaults
-(resize 256, crop 224); ``--resize``/``--crop`` override either.
+(resize 256, crop 224); a training run's workdir (or checkpoint directory) brings its model,
+classes and evaluation transform from its latest checkpoint. ``--resize``/``--crop`` override
+any of them.
 
 Inference runs with BatchNorm folded into the convolutions, on the fastest kernels for the
 backend (``--kernels auto``: on a CPU, oneDNN's convolutions with their post-ops); ``--kernels
@@ -30,11 +33,12 @@ from tqdm import tqdm
 
 from resnet_flax.inference.fold import fold_batch_norm
 from resnet_flax.inference.preprocess import imagenet_classes
-from resnet_flax.io import hub
+from resnet_flax.io import hub, runs
 from resnet_flax.io.convert import load_torchvision
 from resnet_flax.io.transforms import PRESETS, EvalTransform
 from resnet_flax.io.weights import Weights, identify
 from resnet_flax.models.layers import impl_names, resolve_impl
+from resnet_flax.models.registry import create_model
 
 BATCH_SIZE = 16
 
@@ -52,7 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--weights",
         required=True,
         help="torchvision weights: a .pth/.pt/.safetensors file, or a tag (resnet50.tv2_in1k, "
-        "or IMAGENET1K_V2 with --model), fetched into torch hub's cache",
+        "or IMAGENET1K_V2 with --model), fetched into torch hub's cache; or a training run's "
+        "workdir (its latest checkpoint)",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (5)")
@@ -126,9 +131,11 @@ def _resolve(args: argparse.Namespace, info: Weights | None) -> str:
     return info.model
 
 
-def _transform(args: argparse.Namespace, info: Weights | None) -> EvalTransform:
-    """The weights' evaluation transform (torchvision's V1 preset for a file it cannot
-    identify, with a warning), with the command line's overrides."""
+def _transform(
+    args: argparse.Namespace, info: Weights | None, known: EvalTransform | None = None
+) -> EvalTransform:
+    """The weights' evaluation transform (``known``: a run's; torchvision's V1 preset for a
+    file it cannot identify, with a warning), with the command line's overrides."""
     for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
@@ -136,13 +143,13 @@ def _transform(args: argparse.Namespace, info: Weights | None) -> EvalTransform:
         raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     if args.crop_pct is not None and args.resize is not None:
         raise ValueError("--crop-pct sets the resize: pass --crop-pct or --resize, not both")
-    transform = PRESETS["V1"] if info is None else info.transforms()
+    transform = known or (PRESETS["V1"] if info is None else info.transforms())
     crop = transform.crop_size if args.crop is None else args.crop
     resize = args.resize or (
         math.floor(crop / args.crop_pct) if args.crop_pct else transform.resize_size
     )
     interpolation = args.interpolation or transform.interpolation
-    if info is None and not (args.resize or args.crop_pct or args.interpolation):
+    if known is None and info is None and not (args.resize or args.crop_pct or args.interpolation):
         print(
             f"warning: {os.path.basename(args.weights)} is not a file name of a weights table "
             f"entry, so "
@@ -162,10 +169,38 @@ def _looks_like_a_tag(weights: str) -> bool:
     return os.sep not in weights and not weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
 
 
+def _classify(
+    args: argparse.Namespace, model: nn.Module, variables: dict, batch: np.ndarray,
+    classes: Sequence[str],
+) -> None:  # fmt: skip
+    probs, indices = top_classes(model, variables, batch, min(args.top, model.num_classes))
+    for image, p, idx in zip(args.images, probs, indices, strict=True):
+        print(format_predictions(image, [classes[i] for i in idx], p))
+
+
+def _run_from_workdir(args: argparse.Namespace) -> None:
+    """Classify with a training run's latest checkpoint: its model, classes and transform."""
+    found = runs.read_run(args.weights)
+    if args.model is not None and args.model != found.model:
+        raise ValueError(f"{args.weights} trained {found.model}, not {args.model}: drop --model")
+    transform = _transform(args, None, found.transform)
+    print(
+        f"{found.model} ({args.weights}, step {found.step}): resize {transform.resize_size}, "
+        f"crop {transform.crop_size}, {transform.interpolation}",
+        file=sys.stderr,
+    )
+    batch = transform(args.images)
+    model = create_model(found.model, impl=args.kernels, **found.options)
+    _classify(args, model, found.variables, batch, found.class_names)
+
+
 def run(args: argparse.Namespace) -> None:
     """Check the inputs, load the weights, classify and print; bad input raises."""
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
+    if os.path.isdir(args.weights) and runs.is_run(args.weights):
+        _run_from_workdir(args)
+        return
     tagged = None
     if not os.path.isfile(args.weights) and _looks_like_a_tag(args.weights):
         tagged = hub.resolve(args.weights, args.model)  # a tag, or an enum name with --model
@@ -187,14 +222,12 @@ def run(args: argparse.Namespace) -> None:
 
     batch = transform(args.images)  # unreadable images fail before the weights load
     model, variables = load_torchvision(name, args.weights, impl=args.kernels)
-    probs, indices = top_classes(model, variables, batch, min(args.top, model.num_classes))
     classes = (
         imagenet_classes()
         if model.num_classes == 1000
         else [f"class {i}" for i in range(model.num_classes)]
     )
-    for image, p, idx in zip(args.images, probs, indices, strict=True):
-        print(format_predictions(image, [classes[i] for i in idx], p))
+    _classify(args, model, variables, batch, classes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
