@@ -287,6 +287,7 @@ def stopped_run(tmp_path_factory, tiny_config) -> Path:
         ),
         (dict(train_split="train[128:256]"), r"--config.train_split=train\[:128\]"),
         (dict(dataset="fake", num_classes=10), r"dataset='digits'.*--config.dataset=digits"),
+        (dict(optimizer="adamw"), r"does not fit this config: it (has|has no) train_state\.opt"),
     ],
 )
 def test_refused_resume_names_the_difference_and_writes_nothing(

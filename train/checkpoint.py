@@ -211,6 +211,26 @@ class Checkpoints:
             return {}
         return dict(restored[META])
 
+    def misfit(self, target: Any) -> str | None:
+        """How the latest step's arrays differ from ``target``'s (the first leaf whose path or
+        shape differs, in words), or None when they fit or the step is unreadable (then
+        :meth:`restore` says why)."""
+        step = self.latest_step()
+        try:
+            saved = _leaf_shapes(dict(self._manager.item_metadata(step)[STATE].tree))
+        except Exception:  # unreadable metadata: restore() skips the step with a warning
+            return None
+        wanted = _leaf_shapes(target)
+        for path in sorted(saved.keys() | wanted.keys()):
+            if saved.get(path) != wanted.get(path):
+                where = ".".join(path)
+                if path not in saved:
+                    return f"it has no {where}, which this config's model and optimizer need"
+                if path not in wanted:
+                    return f"it has {where}, which this config's model and optimizer lack"
+                return f"its {where} has shape {saved[path]}, this config's {wanted[path]}"
+        return None
+
     def _unreadable_here(self, step: int) -> BaseException | None:
         """Why this process cannot read ``step``: a file differs from its recorded checksum, or
         the metadata is unreadable; None if it can (no collectives)."""
@@ -360,6 +380,20 @@ def _agreed(steps: list[int]) -> list[int]:
     mine = np.full(count, -1, np.int64)
     mine[: min(count, len(steps))] = steps[:count]
     return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+
+
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Each leaf's shape by its path of names (dict keys, dataclass fields and sequence
+    indices alike, as orbax stores them)."""
+
+    def name(key: Any) -> str:
+        for field in ("key", "name", "idx"):
+            if hasattr(key, field):
+                return str(getattr(key, field))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tuple(map(name, path)): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
 def abstract_tree(tree: Any, mesh: Mesh) -> Any:

@@ -386,6 +386,12 @@ class _Run:
         if not resume:
             return state, sums, meta
         target = abstract_tree({"train_state": state, "metrics": sums}, mesh)
+        misfit = self.checkpoints.misfit(target)
+        if misfit is not None:
+            raise CheckpointError(
+                f"the checkpoint in {self.checkpoints.directory} does not fit this config: "
+                f"{misfit}. Resume with the config it was trained with, or use a new workdir."
+            )
         restored, meta, step = self.checkpoints.restore(target, quarantine=True)
         self._check_resume(meta)  # the step restored may be an older one
         _say(f"resuming from step {step} of {self.total_steps} ({self.checkpoints.directory})")
