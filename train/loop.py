@@ -103,10 +103,6 @@ def _load(config: Any, split: str, class_names: Sequence[str] | None = None) -> 
     )
 
 
-def _stream_info(config: Any, split: str, class_names: Sequence[str] | None) -> StreamInfo:
-    return stream_info(config.dataset, _data_dir(config), split, class_names)
-
-
 def _input(
     config: Any,
     mesh: Mesh,
@@ -244,7 +240,9 @@ def _split(config: Any, split: str, class_names: Sequence[str] | None) -> ArrayD
     """A split's arrays (in memory) or its size and classes (streamed), labelled by
     ``class_names`` (None: its own classes)."""
     arrays = _load(config, split, class_names)
-    return arrays if arrays is not None else _stream_info(config, split, class_names)
+    if arrays is not None:
+        return arrays
+    return stream_info(config.dataset, _data_dir(config), split, class_names)
 
 
 def build(config: Any, *, train: bool = True, class_names: Sequence[str] | None = None) -> Built:
