@@ -151,12 +151,14 @@ def timm_model(name: str, seed: int):
 
 
 def _randomise_norms(model, seed: int) -> None:
-    """Random norm weights and BatchNorm statistics; the norm that ends each residual branch
-    small: ``bn2`` of a ``BasicBlock``, ``bn3`` of a ``Bottleneck`` (torchvision's and timm's),
-    ``norm3`` of timm's ResNetV2 ``PreActBottleneck`` (before the branch's last conv)."""
+    """Random norm weights and BatchNorm statistics (EvoNorm's ``v`` and FRN's ``tau`` too);
+    the norm that ends each residual branch small: ``bn2`` of a ``BasicBlock``, ``bn3`` of a
+    ``Bottleneck`` (torchvision's and timm's), ``norm3``/``norm2`` of timm's ResNetV2
+    ``PreActBottleneck``/``PreActBasic`` (before the branch's last conv)."""
     import torch
 
-    last = {"BasicBlock": "bn2", "Bottleneck": "bn3", "PreActBottleneck": "norm3"}
+    last = {"BasicBlock": "bn2", "Bottleneck": "bn3", "PreActBottleneck": "norm3",
+            "PreActBasic": "norm2"}  # fmt: skip
     residual_last = {
         id(getattr(b, last[type(b).__name__]))
         for b in model.modules()
@@ -169,6 +171,14 @@ def _randomise_norms(model, seed: int) -> None:
                 low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
                 m.weight.uniform_(low, high, generator=g)
                 m.bias.uniform_(-0.2, 0.2, generator=g)
+            if hasattr(m, "v") or hasattr(m, "tau"):  # timm's EvoNorm-S0, FRN + TLU
+                low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
+                m.weight.uniform_(low, high, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+                extra = m.v if hasattr(m, "v") else m.tau
+                extra.uniform_(0.5, 1.5, generator=g) if hasattr(m, "v") else extra.uniform_(
+                    -0.5, 0.0, generator=g
+                )
             if isinstance(m, torch.nn.BatchNorm2d):
                 low, high = (0.1, 0.3) if id(m) in residual_last else (0.5, 1.5)
                 m.weight.uniform_(low, high, generator=g)

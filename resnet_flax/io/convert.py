@@ -12,6 +12,7 @@ torchvision key            Flax variable                               array
 ``bn1.running_mean``       ``batch_stats/bn1/mean``                    as is
 ``bn1.running_var``        ``batch_stats/bn1/var``                     as is
 ``bn1.num_batches_tracked`` ``batch_stats/bn1/num_batches_tracked``    int64 <-> int32
+``norm1.v``, ``norm1.tau`` ``params/norm1/v``, ``params/norm1/tau``    as is (EvoNorm, FRN)
 =========================  ==========================================  =====================
 
 VGG's first classifier layer needs no reordering: the model flattens in torch's NCHW order.
@@ -40,6 +41,8 @@ _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
+    ("params", "v"): "v",  # EvoNorm-S0's activation weight
+    ("params", "tau"): "tau",  # FilterResponseNorm's TLU threshold
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
     ("batch_stats", "num_batches_tracked"): "num_batches_tracked",

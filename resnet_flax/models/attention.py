@@ -41,7 +41,8 @@ class SqueezeExcite(nn.Module):
 
 class EfficientChannelAttention(nn.Module):
     """timm's ``EcaModule`` (Wang et al., ECA-Net): global average, a 1-D conv across the
-    channels (kernel from the channel count: gamma 2, beta 1, odd, at least 3), sigmoid."""
+    channels (kernel from the channel count: gamma 2, beta 1, odd, at least 3), sigmoid.
+    ``channels`` sets the kernel only (a pruned block keeps its unpruned kernel)."""
 
     channels: int
     dtype: Any = jnp.float32
@@ -57,12 +58,18 @@ class EfficientChannelAttention(nn.Module):
 
 
 def attention(
-    kind: Attention | None, channels: int, ratio: float, dtype: Any, impl: Impl
+    kind: Attention | None,
+    channels: int,
+    ratio: float,
+    dtype: Any,
+    impl: Impl,
+    nominal_channels: int | None = None,
 ) -> nn.Module | None:
     """The attention module named ``kind`` (called ``se`` in the block, as timm names it);
-    ``ratio`` is SE's reduction."""
+    ``ratio`` is SE's reduction; ``nominal_channels`` (default ``channels``) sets ECA's
+    kernel."""
     if kind is None:
         return None
     if kind == "se":
         return SqueezeExcite(channels, ratio, dtype=dtype, impl=impl, name="se")
-    return EfficientChannelAttention(channels, dtype=dtype, name="se")
+    return EfficientChannelAttention(nominal_channels or channels, dtype=dtype, name="se")

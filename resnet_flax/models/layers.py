@@ -25,7 +25,7 @@ import functools
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -263,6 +263,67 @@ class GroupNorm(nn.Module):
         return (y * scale + bias).astype(self.dtype)
 
 
+class EvoNormS0(nn.Module):
+    """timm's ``EvoNorm2dS0`` (Liu et al., "Evolving Normalization-Activation Layers"): a
+    normalisation with its own non-linearity, ``x * sigmoid(v * x) / group_std(x) * scale +
+    bias``, the standard deviation per example over groups of 32 (biased, ``eps`` 1e-5 inside
+    the root, in float32). Per example, so ``train`` changes nothing. ``activates``: the
+    caller adds no ReLU after it."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+
+    activates: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        features = x.shape[-1]
+        if features % self.num_groups:
+            raise ValueError(f"EvoNormS0: {features} channels do not split into {self.num_groups}")
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        v = self.param("v", nn.initializers.ones, (features,), jnp.float32)
+        x32 = x.astype(statistics_dtype(x.dtype))
+        grouped = x32.reshape(*x.shape[:-1], self.num_groups, features // self.num_groups)
+        axes = (*range(1, x.ndim - 1), x.ndim)
+        mean = jnp.mean(grouped, axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
+        std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), grouped.shape).reshape(x.shape)
+        y = x32 * jax.nn.sigmoid(x32 * v) / std
+        return (y * scale + bias).astype(self.dtype)
+
+
+class FilterResponseNormTLU(nn.Module):
+    """timm's ``FilterResponseNormTlu2d`` (Singh and Krishnan, "Filter Response
+    Normalization"): ``x / sqrt(mean_hw(x^2) + eps) * scale + bias``, then the thresholded
+    linear unit ``max(., tau)``: a normalisation with its own non-linearity (``activates``),
+    per example and channel, in float32."""
+
+    epsilon: float = 1e-5
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+
+    activates: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        tau = self.param("tau", nn.initializers.zeros, (features,), jnp.float32)
+        x32 = x.astype(statistics_dtype(x.dtype))
+        ms = jnp.mean(jnp.square(x32), axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        y = x32 * jax.lax.rsqrt(ms + self.epsilon) * scale + bias
+        return jnp.maximum(y, tau).astype(self.dtype)
+
+
+NORM_LAYERS = ("batch", "group", "evonorm", "frn")
+
+
 def norm(
     kind: str = "batch",
     *,
@@ -271,13 +332,50 @@ def norm(
     impl: Impl = "plain",
 ) -> Callable[..., nn.Module]:
     """The one norm factory: ``norm(kind, ...)(name=..., scale_init=...)`` makes a
-    :class:`BatchNorm` (``"batch"``) or a :class:`GroupNorm` (``"group"``), both called as
-    ``(x, train)``. ``axis_name`` and ``impl`` concern BatchNorm only."""
+    :class:`BatchNorm` (``"batch"``), a :class:`GroupNorm` (``"group"``), an
+    :class:`EvoNormS0` (``"evonorm"``) or a :class:`FilterResponseNormTLU` (``"frn"``), all
+    called as ``(x, train)``. The last two apply their own non-linearity (see
+    :func:`norm_act`). ``axis_name`` and ``impl`` concern BatchNorm only: the others hold
+    per-example statistics, in plain XLA."""
     if kind == "group":
         return functools.partial(GroupNorm, dtype=dtype)
     if kind == "batch":
         return functools.partial(BatchNorm, axis_name=axis_name, dtype=dtype, impl=impl)
-    raise ValueError(f"norm_layer must be 'batch' or 'group', not {kind!r}")
+    if kind == "evonorm":
+        return functools.partial(EvoNormS0, dtype=dtype)
+    if kind == "frn":
+        return functools.partial(FilterResponseNormTLU, dtype=dtype)
+    *names, last = map(repr, NORM_LAYERS)
+    raise ValueError(f"norm_layer must be {', '.join(names)} or {last}, not {kind!r}")
+
+
+def norm_act(layer: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    """timm's norm-act layer: ``layer`` (made by :func:`norm`), then a ReLU unless the layer
+    carries its own non-linearity (EvoNorm, FRN's TLU)."""
+    y = layer(x, train)
+    return y if getattr(layer, "activates", False) else nn.relu(y)
+
+
+def blur_pool(x: jax.Array, stride: int = 2) -> jax.Array:
+    """timm's ``BlurPool2d`` (Zhang, "Making Convolutional Networks Shift-Invariant Again"):
+    reflect-pad by 1, blur each channel with the binomial filter [1, 2, 1] x [1, 2, 1] / 16,
+    subsample by ``stride``. The filter is fixed (no parameters); written as two separable
+    passes of strided slices."""
+    h, w = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    rows = (x[:, 0:h:stride] + 2 * x[:, 1 : h + 1 : stride] + x[:, 2 : h + 2 : stride]) / 4
+    return (rows[:, :, 0:w:stride] + 2 * rows[:, :, 1 : w + 1 : stride]
+            + rows[:, :, 2 : w + 2 : stride]) / 4  # fmt: skip
+
+
+def anti_alias(kind: str, x: jax.Array, stride: int = 2) -> jax.Array:
+    """timm's ``aa_layer`` at a strided layer: ``"avg"`` (``nn.AvgPool2d(stride)``: timm's
+    ``resnetaa*``, floor mode) or ``"blur"`` (:func:`blur_pool`: ``resnetblur*``)."""
+    if kind == "blur":
+        return blur_pool(x, stride)
+    if kind == "avg":
+        return nn.avg_pool(x, (stride, stride), (stride, stride))
+    raise ValueError(f"aa_layer must be None, 'avg' or 'blur', not {kind!r}")
 
 
 def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:

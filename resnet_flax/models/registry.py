@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from resnet_flax.models.checks import check_model_options, did_you_mean
 from resnet_flax.models.lenet import LeNet5
+from resnet_flax.models.pruned import ECARESNET50D_PRUNED, ECARESNET101D_PRUNED
 from resnet_flax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -29,6 +30,7 @@ _CIFAR_STEM = dict(stem="cifar", num_classes=10)
 _RESNET_D = dict(stem="deep", stem_width=32, shortcut="avg_pool")  # deep stem, avg_down
 _RESNET_RS = dict(_RESNET_D, stem_pool="conv", attn_layer="se", se_ratio=0.25)
 _BIT = dict(stem_pool="fixed", norm_layer="group", standardize=1e-8)  # GroupNorm + StdConv
+_V2_D = dict(stem="deep", avg_down=True)  # ResNetV2's d: deep stem, average-pool shortcuts
 
 # name -> (module class, fixed architecture arguments). Options a user may pass are the
 # module's remaining fields (see ``model_options``).
@@ -86,57 +88,132 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "lenet5": (LeNet5, {}),
 }
 
-# timm's ResNet family, architecture-exact (timm.create_model(name) has the same keys)
+# timm's ResNet family, architecture-exact (timm.create_model(name) has the same keys): timm's
+# letters are stems and shortcuts (c: deep stem; s: deep stem, 64 wide; d: deep stem and
+# average-pool shortcuts; t: tiered deep stem and average-pool shortcuts).
+_C = dict(stem="deep", stem_width=32)
+_S = dict(stem="deep", stem_width=64)
+_T = dict(stem="deep_tiered", stem_width=32, shortcut="avg_pool")
+_BASIC = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+_BOTTLENECK = {
+    14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3), 200: (3, 24, 36, 3), 269: (3, 30, 48, 8),
+}  # fmt: skip
+_RS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
+       270: (4, 29, 53, 4), 350: (4, 36, 72, 4), 420: (4, 44, 87, 4)}  # fmt: skip
+
+
+def _resnet(depth: int, **fixed: Any) -> tuple[type[nn.Module], dict[str, Any]]:
+    """timm's ResNet of ``depth`` (10 is a one-block-per-stage basic net)."""
+    if depth in _BASIC or depth == 10:
+        return ResNet, dict(block=BasicBlock, stage_sizes=_BASIC.get(depth, (1, 1, 1, 1)), **fixed)
+    return ResNet, dict(block=Bottleneck, stage_sizes=_BOTTLENECK[depth], **fixed)
+
+
+def _x(groups: int, width: int) -> dict[str, int]:
+    return dict(groups=groups, width_per_group=width)
+
+
+_SE, _ECA = dict(attn_layer="se"), dict(attn_layer="eca")
+_AA, _BLUR = dict(aa_layer="avg"), dict(aa_layer="blur")
+
 _TIMM: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "resnet26": (ResNet, dict(block=Bottleneck, stage_sizes=(2, 2, 2, 2))),
+    "resnet10t": _resnet(10, **_T),
+    "resnet14t": _resnet(14, **_T),
+    "resnet26": _resnet(26),
+    "resnet26t": _resnet(26, **_T),
+    **{f"resnet{d}d": _resnet(d, **_RESNET_D) for d in (18, 26, 34, 50, 101, 152, 200)},
+    **{f"resnet{d}{v}": _resnet(d, **k) for d in (50, 101, 152) for v, k in (("c", _C), ("s", _S))},
+    "resnet50t": _resnet(50, **_T),
+    "resnet200": _resnet(200),
+    "resnet50_gn": _resnet(50, norm_layer="group"),
+    "resnext50d_32x4d": _resnet(50, **_x(32, 4), **_RESNET_D),
+    **{f"resnext101_32x{w}d": _resnet(101, **_x(32, w)) for w in (4, 16, 32)},
+    "ecaresnet26t": _resnet(26, **_T, **_ECA),
+    "ecaresnet50d": _resnet(50, **_RESNET_D, **_ECA),
+    "ecaresnet50d_pruned": _resnet(50, **_RESNET_D, **_ECA, block_widths=ECARESNET50D_PRUNED),
+    "ecaresnet50t": _resnet(50, **_T, **_ECA),
+    "ecaresnetlight": (
+        ResNet,
+        dict(block=Bottleneck, stage_sizes=(1, 1, 11, 3), shortcut="avg_pool", **_ECA),
+    ),
+    "ecaresnet101d": _resnet(101, **_RESNET_D, **_ECA),
+    "ecaresnet101d_pruned": _resnet(101, **_RESNET_D, **_ECA, block_widths=ECARESNET101D_PRUNED),
+    "ecaresnet200d": _resnet(200, **_RESNET_D, **_ECA),
+    "ecaresnet269d": _resnet(269, **_RESNET_D, **_ECA),
+    "ecaresnext26t_32x4d": _resnet(26, **_x(32, 4), **_T, **_ECA),
+    "ecaresnext50t_32x4d": _resnet(50, **_x(32, 4), **_T, **_ECA),
+    **{f"seresnet{d}": _resnet(d, **_SE) for d in (18, 34, 50, 101, 152)},
+    "seresnet50t": _resnet(50, **_T, **_SE),
+    **{f"seresnet{d}d": _resnet(d, **_RESNET_D, **_SE) for d in (152, 200, 269)},
+    "seresnext26d_32x4d": _resnet(26, **_x(32, 4), **_RESNET_D, **_SE),
+    "seresnext26t_32x4d": _resnet(26, **_x(32, 4), **_T, **_SE),
+    "seresnext50_32x4d": _resnet(50, **_x(32, 4), **_SE),
+    "seresnext101_32x4d": _resnet(101, **_x(32, 4), **_SE),
+    "seresnext101_32x8d": _resnet(101, **_x(32, 8), **_SE),
+    "seresnext101d_32x8d": _resnet(101, **_x(32, 8), **_RESNET_D, **_SE),
+    "seresnext101_64x4d": _resnet(101, **_x(64, 4), **_SE),
+    "senet154": _resnet(152, **_x(64, 4), **_S, **_SE, down_kernel_size=3, block_reduce_first=2),
+    "resnetblur18": _resnet(18, **_BLUR),
+    "resnetblur50": _resnet(50, **_BLUR),
+    "resnetblur50d": _resnet(50, **_RESNET_D, **_BLUR),
+    "resnetblur101d": _resnet(101, **_RESNET_D, **_BLUR),
+    "resnetaa34d": _resnet(34, **_RESNET_D, **_AA),
+    "resnetaa50": _resnet(50, **_AA),
+    "resnetaa50d": _resnet(50, **_RESNET_D, **_AA),
+    "resnetaa101d": _resnet(101, **_RESNET_D, **_AA),
+    "seresnetaa50d": _resnet(50, **_RESNET_D, **_AA, **_SE),
+    "seresnextaa101d_32x8d": _resnet(101, **_x(32, 8), **_RESNET_D, **_AA, **_SE),
+    "seresnextaa201d_32x8d": (
+        ResNet,
+        dict(
+            block=Bottleneck,
+            stage_sizes=(3, 24, 36, 4),
+            **_x(32, 8),
+            **(_RESNET_D | _S),
+            **_AA,
+            **_SE,
+        ),
+    ),  # fmt: skip
     **{
-        f"resnet{depth}d": (ResNet, dict(block=block, stage_sizes=stages, **_RESNET_D))
-        for depth, block, stages in (
-            (18, BasicBlock, (2, 2, 2, 2)),
-            (26, Bottleneck, (2, 2, 2, 2)),
-            (34, BasicBlock, (3, 4, 6, 3)),
-            (50, Bottleneck, (3, 4, 6, 3)),
-            (101, Bottleneck, (3, 4, 23, 3)),
-            (152, Bottleneck, (3, 8, 36, 3)),
-        )
+        f"resnetrs{d}": (ResNet, dict(block=Bottleneck, stage_sizes=stages, **_RESNET_RS))
+        for d, stages in _RS.items()
     },
-    "seresnet50": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="se")),
-    "seresnext50_32x4d": (
-        ResNet,
-        dict(
-            block=Bottleneck,
-            stage_sizes=(3, 4, 6, 3),
-            groups=32,
-            width_per_group=4,
-            attn_layer="se",
-        ),
-    ),
-    "seresnext101_32x8d": (
-        ResNet,
-        dict(
-            block=Bottleneck,
-            stage_sizes=(3, 4, 23, 3),
-            groups=32,
-            width_per_group=8,
-            attn_layer="se",
-        ),
-    ),
-    "ecaresnet50d": (
-        ResNet,
-        dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), attn_layer="eca", **_RESNET_D),
-    ),
-    "resnetrs50": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), **_RESNET_RS)),
-    "resnetrs101": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), **_RESNET_RS)),
-    "resnet50_gn": (ResNet, dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), norm_layer="group")),
-    "ecaresnet101d": (
-        ResNet,
-        dict(block=Bottleneck, stage_sizes=(3, 4, 23, 3), attn_layer="eca", **_RESNET_D),
-    ),
     # timm's ResNetV2 (pre-activation, its own layout): BatchNorm, and BiT
-    "resnetv2_50": (ResNetV2, dict(stage_sizes=(3, 4, 6, 3), norm_layer="batch")),
-    "resnetv2_101": (ResNetV2, dict(stage_sizes=(3, 4, 23, 3), norm_layer="batch")),
-    "resnetv2_50x1_bit": (ResNetV2, dict(stage_sizes=(3, 4, 6, 3), **_BIT)),
-    "resnetv2_101x1_bit": (ResNetV2, dict(stage_sizes=(3, 4, 23, 3), **_BIT)),
+    **{
+        f"resnetv2_{d}{v}": (
+            ResNetV2,
+            dict(
+                block="basic",
+                stage_sizes=stages,
+                widths=(64, 128, 256, 512),
+                norm_layer="batch",
+                **k,
+            ),
+        )  # fmt: skip
+        for d, stages in _BASIC.items()
+        for v, k in (("", {}), ("d", _V2_D))
+    },
+    **{
+        f"resnetv2_{d}{v}": (ResNetV2, dict(stage_sizes=_BOTTLENECK[d], norm_layer="batch", **k))
+        for d in (50, 101, 152)
+        for v, k in (("", {}), ("d", _V2_D))
+    },
+    "resnetv2_50t": (
+        ResNetV2,
+        dict(stage_sizes=(3, 4, 6, 3), norm_layer="batch", stem="deep_tiered", avg_down=True),
+    ),
+    **{
+        f"resnetv2_50d_{v}": (ResNetV2, dict(stage_sizes=(3, 4, 6, 3), norm_layer=n, **_V2_D))
+        for v, n in (("gn", "group"), ("evos", "evonorm"), ("frn", "frn"))
+    },
+    **{
+        f"resnetv2_{d}x{w}_bit": (
+            ResNetV2,
+            dict(stage_sizes=_BOTTLENECK[d], width_factor=w, **_BIT),
+        )
+        for d, w in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
+    },
 }
 
 

@@ -17,11 +17,20 @@ import jax.numpy as jnp
 
 from resnet_flax.models.attention import Attention, attention
 from resnet_flax.models.checks import check_images, check_options
-from resnet_flax.models.layers import Impl, conv, drop_path, max_pool, torch_linear_init
+from resnet_flax.models.layers import (
+    Impl,
+    anti_alias,
+    conv,
+    drop_path,
+    max_pool,
+    torch_linear_init,
+)
 from resnet_flax.models.layers import norm as make_norm
 
 ModuleDef = Any
 Shortcut = Literal["projection", "avg_pool", "zero_pad"]
+AntiAlias = Literal["avg", "blur"]
+Widths = tuple[int, int, int]  # one block's conv1, conv2, conv3 output channels
 
 
 def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
@@ -52,11 +61,20 @@ class Block(nn.Module):
     attn: Attention | None = None  # timm's attn_layer: after the branch's last BatchNorm
     se_ratio: float = 1 / 16
     drop_path: float = 0.0  # stochastic depth: the branch's drop probability in training
+    aa: AntiAlias | None = None  # timm's aa_layer: the strided conv runs at stride 1, then this
+    reduce_first: int = 1  # timm's block_reduce_first: the first conv's width divided by this
+    down_kernel_size: int = 1  # the projection shortcut's kernel where it is strided
+    widths: Widths | None = None  # explicit channels (timm's pruned models), else computed
     dtype: Any = jnp.float32
     impl: Impl = "plain"
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
+
+    def strided(self) -> tuple[int, bool]:
+        """The strided conv's stride, and whether anti-aliasing follows it instead."""
+        use_aa = self.aa is not None and self.stride == 2
+        return (1 if use_aa else self.stride), use_aa
 
 
 class BasicBlock(Block):
@@ -69,12 +87,16 @@ class BasicBlock(Block):
         if self.dilation > 1:
             raise ValueError("BasicBlock does not support dilation > 1 (torchvision neither)")
         c = partial(conv, dtype=self.dtype, impl=self.impl)
-        out = c(self.planes, 3, self.stride, name="conv1")(x)
+        first, _, features = self.widths or (self.planes // self.reduce_first, 0, self.planes)
+        stride, use_aa = self.strided()
+        out = c(first, 3, stride, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out, train))
-        out = c(self.planes, 3, name="conv2")(out)
+        if use_aa:
+            out = anti_alias(self.aa, out, self.stride)
+        out = c(features, 3, name="conv2")(out)
         out = self.norm(name="bn2", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
         out = drop_path(self, _attend(self, out), self.drop_path, train)
-        return nn.relu(out + _shortcut(self, x, train))
+        return nn.relu(_residual_sum(self, out, _shortcut(self, x, train)))
 
 
 class Bottleneck(Block):
@@ -85,16 +107,22 @@ class Bottleneck(Block):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        c = partial(conv, dtype=self.dtype, impl=self.impl)
-        out = nn.relu(self.norm(name="bn1")(c(width, 1, name="conv1")(x), train))
-        out = c(width, 3, self.stride, groups=self.groups, dilation=self.dilation, name="conv2")(
-            out
+        first, width, features = self.widths or (
+            width // self.reduce_first,
+            width,
+            self.planes * self.expansion,
         )
+        c = partial(conv, dtype=self.dtype, impl=self.impl)
+        stride, use_aa = self.strided()
+        out = nn.relu(self.norm(name="bn1")(c(first, 1, name="conv1")(x), train))
+        out = c(width, 3, stride, groups=self.groups, dilation=self.dilation, name="conv2")(out)
         out = nn.relu(self.norm(name="bn2")(out, train))
-        out = c(self.planes * self.expansion, 1, name="conv3")(out)
+        if use_aa:
+            out = anti_alias(self.aa, out, self.stride)
+        out = c(features, 1, name="conv3")(out)
         out = self.norm(name="bn3", scale_init=_last_bn_init(self.zero_init_residual))(out, train)
         out = drop_path(self, _attend(self, out), self.drop_path, train)
-        return nn.relu(out + _shortcut(self, x, train))
+        return nn.relu(_residual_sum(self, out, _shortcut(self, x, train)))
 
 
 class PreActBasicBlock(Block):
@@ -136,8 +164,22 @@ class PreActBottleneck(Block):
 
 
 def _attend(block: Block, out: jax.Array) -> jax.Array:
-    module = attention(block.attn, out.shape[-1], block.se_ratio, block.dtype, block.impl)
+    # ECA's kernel follows the unpruned width (timm prunes convs, not the attention)
+    nominal = block.planes * block.expansion
+    module = attention(block.attn, out.shape[-1], block.se_ratio, block.dtype, block.impl,
+                       nominal_channels=nominal)  # fmt: skip
     return out if module is None else module(out)
+
+
+def _residual_sum(block: Block, out: jax.Array, identity: jax.Array) -> jax.Array:
+    if out.shape != identity.shape:  # timm's AvgPool2d anti-aliasing floors odd sizes
+        raise ValueError(
+            f"{'/'.join(block.scope.path)}: the residual branch gives {tuple(out.shape)} but the "
+            f"shortcut {tuple(identity.shape)}; with aa_layer={block.aa!r} every stride-2 "
+            f"stage needs an even input size (timm's models fail the same way): use an image "
+            f"size divisible by 32."
+        )
+    return out + identity
 
 
 def _last_bn_init(zero: bool) -> Callable:
@@ -154,7 +196,7 @@ def _shortcut(
     ResNet-D's ``downsample.1/2`` after a 2x2 average pool, timm's ``avg_down``); pre-activation
     blocks project the pre-activated input with a bare conv1x1.
     """
-    features = block.planes * block.expansion
+    features = block.widths[-1] if block.widths else block.planes * block.expansion
     if block.shortcut is None:
         return x
     if block.shortcut == "zero_pad":
@@ -168,9 +210,9 @@ def _shortcut(
     if block.preact:
         c = conv(features, 1, block.stride, dtype=block.dtype, impl=block.impl, name="downsample_0")
         return c(preactivated)
-    out = conv(features, 1, block.stride, dtype=block.dtype, impl=block.impl, name="downsample_0")(
-        x
-    )
+    kernel = block.down_kernel_size if block.stride > 1 else 1  # timm: 1x1 where not strided
+    out = conv(features, kernel, block.stride, dtype=block.dtype, impl=block.impl,
+               name="downsample_0")(x)  # fmt: skip
     return block.norm(name="downsample_1")(out, train)
 
 
@@ -181,9 +223,18 @@ class ResNet(nn.Module):
     ``groups``, ``width_per_group``, ``replace_stride_with_dilation``) plus:
 
     - ``stem``: ``"imagenet"`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), ``"deep"`` (timm's
-      ResNet-D stem: three 3x3 convs of ``stem_width``, ``stem_width``, 2 x ``stem_width``
-      channels, the first of stride 2, then BN, ReLU, 3x3/2 max-pool) or ``"cifar"``
-      (3x3/1 conv, BN, ReLU; pre-activation nets keep the bare conv).
+      ResNet-C/D stem: three 3x3 convs of ``stem_width``, ``stem_width``, 2 x ``stem_width``
+      channels, the first of stride 2, then BN, ReLU, 3x3/2 max-pool), ``"deep_tiered"``
+      (timm's ResNet-T: the first conv 3/4 as wide) or ``"cifar"`` (3x3/1 conv, BN, ReLU;
+      pre-activation nets keep the bare conv).
+    - ``aa_layer``: timm's anti-aliased downsampling: every strided 3x3 conv runs at stride 1
+      and is followed by ``"avg"`` (a 2x2 average pool: ``resnetaa*``) or ``"blur"`` (a
+      binomial blur pool: ``resnetblur*``); the stem's max-pool becomes the average pool, or
+      a stride-1 max-pool then the blur.
+    - ``block_reduce_first``: the first conv of every block is this many times narrower
+      (SENet-154); ``down_kernel_size``: the strided projection shortcut's kernel (SENet: 3).
+    - ``block_widths``: every block's (conv1, conv2, conv3) output channels, for timm's pruned
+      models (``ecaresnet50d_pruned``); ``None`` computes them from the stage widths.
     - ``attn_layer``: channel attention in every block, timm's ``"se"`` (reduction
       ``se_ratio``) or ``"eca"`` (:mod:`resnet_flax.models.attention`); pre-activation blocks
       take none.
@@ -209,7 +260,7 @@ class ResNet(nn.Module):
     block: type[Block]
     stage_sizes: Sequence[int]
     widths: Sequence[int] = (64, 128, 256, 512)
-    stem: Literal["imagenet", "deep", "cifar"] = "imagenet"
+    stem: Literal["imagenet", "deep", "deep_tiered", "cifar"] = "imagenet"
     stem_width: int = 64
     shortcut: Shortcut = "projection"
     num_classes: int = 1000
@@ -219,6 +270,10 @@ class ResNet(nn.Module):
     drop_path_rate: float = 0.0
     norm_layer: Literal["batch", "group"] = "batch"
     stem_pool: Literal["max", "conv"] = "max"
+    aa_layer: AntiAlias | None = None
+    block_reduce_first: int = 1
+    down_kernel_size: int = 1
+    block_widths: Sequence[Widths] | None = None
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] | None = None
@@ -248,25 +303,28 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = c(self.stem_width, 7, 2, 3, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x, train))
-            x = max_pool(x, 3, 2, 1, impl=self.impl)
-        elif self.stem == "deep":  # timm's conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv)
-            x = nn.relu(norm(name="conv1_1")(c(self.stem_width, 3, 2, 1, name="conv1_0")(x), train))
+        elif self.stem in ("deep", "deep_tiered"):  # timm's conv1: (conv, bn, relu) x 2, conv
+            first = 3 * (self.stem_width // 4) if self.stem == "deep_tiered" else self.stem_width
+            x = nn.relu(norm(name="conv1_1")(c(first, 3, 2, 1, name="conv1_0")(x), train))
             x = nn.relu(norm(name="conv1_4")(c(self.stem_width, 3, 1, 1, name="conv1_3")(x), train))
             inplanes = 2 * self.stem_width
             x = nn.relu(norm(name="bn1")(c(inplanes, 3, 1, 1, name="conv1_6")(x), train))
-            if self.stem_pool == "conv":  # ResNet-RS: timm's replace_stem_pool
-                x = nn.relu(
-                    norm(name="maxpool_1")(c(inplanes, 3, 2, 1, name="maxpool_0")(x), train)
-                )
-            else:
-                x = max_pool(x, 3, 2, 1, impl=self.impl)
         else:
             x = conv(self.stem_width, 3, 1, 1, dtype=self.dtype, impl=self.impl, name="conv1")(x)
             if not preact:
                 x = nn.relu(norm(name="bn1")(x, train))
+        if self.stem != "cifar":
+            x = self._stem_pool(x, inplanes, norm, train)
         self.sow("intermediates", "stem", x)
 
         dilate = self.replace_stride_with_dilation or [False] * (len(self.stage_sizes) - 1)
+        if self.aa_layer is not None and any(dilate):
+            raise ValueError(f"{type(self).__name__}: aa_layer does not take dilated stages")
+        if self.block_widths is not None and len(self.block_widths) != sum(self.stage_sizes):
+            raise ValueError(
+                f"{type(self).__name__}: block_widths has {len(self.block_widths)} entries for "
+                f"{sum(self.stage_sizes)} blocks"
+            )
         dilation, block_index, total_blocks = 1, 0, sum(self.stage_sizes)
         for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stride, previous_dilation = (1 if i == 0 else 2), dilation
@@ -288,11 +346,17 @@ class ResNet(nn.Module):
                     attn=self.attn_layer,
                     se_ratio=self.se_ratio,
                     drop_path=self.drop_path_rate * block_index / max(total_blocks - 1, 1),
+                    aa=self.aa_layer,
+                    reduce_first=self.block_reduce_first,
+                    down_kernel_size=self.down_kernel_size,
+                    widths=None
+                    if self.block_widths is None
+                    else tuple(self.block_widths[block_index]),
                     dtype=self.dtype,
                     impl=self.impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
-                inplanes = planes * self.block.expansion
+                inplanes = planes * self.block.expansion  # nominal: pruned widths keep timm's plan
                 block_index += 1
             self.sow("intermediates", f"layer{i + 1}", x)
 
@@ -307,3 +371,20 @@ class ResNet(nn.Module):
             bias_init=torch_linear_init(x.shape[-1]),
             name="fc",
         )(x)
+
+    def _stem_pool(self, x: jax.Array, channels: int, norm: ModuleDef, train: bool) -> jax.Array:
+        """The stem's downsampling (timm's ``maxpool``): a 3x3/2 max-pool; with ``stem_pool=
+        "conv"`` a 3x3/2 conv, BN, ReLU (ResNet-RS: timm's ``replace_stem_pool``); either
+        anti-aliased with ``aa_layer``."""
+        if self.stem_pool == "conv":
+            c = conv(channels, 3, 1 if self.aa_layer else 2, 1, dtype=self.dtype, impl=self.impl,
+                     name="maxpool_0")  # fmt: skip
+            x = c(x)
+            if self.aa_layer is not None:
+                x = anti_alias(self.aa_layer, x)
+            return nn.relu(norm(name="maxpool_2" if self.aa_layer else "maxpool_1")(x, train))
+        if self.aa_layer == "avg":
+            return anti_alias("avg", x)
+        if self.aa_layer == "blur":
+            return anti_alias("blur", max_pool(x, 3, 1, 1, impl=self.impl))
+        return max_pool(x, 3, 2, 1, impl=self.impl)
