@@ -154,7 +154,8 @@ def _randomise_norms(model, seed: int) -> None:
     """Random norm weights and BatchNorm statistics (EvoNorm's ``v`` and FRN's ``tau`` too);
     the norm that ends each residual branch small: ``bn2`` of a ``BasicBlock``, ``bn3`` of a
     ``Bottleneck`` (torchvision's and timm's), ``norm3``/``norm2`` of timm's ResNetV2
-    ``PreActBottleneck``/``PreActBasic`` (before the branch's last conv)."""
+    ``PreActBottleneck``/``PreActBasic`` (before the branch's last conv), the last conv
+    layer's of transformers' ``ResNetBasicLayer``/``ResNetBottleNeckLayer``."""
     import torch
 
     last = {"BasicBlock": "bn2", "Bottleneck": "bn3", "PreActBottleneck": "norm3",
@@ -163,6 +164,10 @@ def _randomise_norms(model, seed: int) -> None:
         id(getattr(b, last[type(b).__name__]))
         for b in model.modules()
         if hasattr(b, last.get(type(b).__name__, ""))
+    } | {  # transformers' ResNet layers: the last conv layer's norm
+        id(b.layer[-1].normalization)
+        for b in model.modules()
+        if type(b).__name__ in ("ResNetBasicLayer", "ResNetBottleNeckLayer")
     }
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -211,6 +216,7 @@ def parity() -> types.SimpleNamespace:
         rel_err=rel_err,
         torch_model=torch_model,
         timm_model=timm_model,
+        randomise_norms=_randomise_norms,
         state_dict_numpy=state_dict_numpy,
         nchw=nchw,
         options=model_options,

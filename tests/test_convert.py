@@ -116,9 +116,12 @@ def test_wrong_architecture_is_named(resnet18_state) -> None:
 @pytest.mark.parametrize(
     "name, family",
     [
-        ("resnet50d", r"a ResNet-D \(deep stem, average-pool shortcut\)"),
+        ("resnet50d", r"a ResNet with a deep stem \(timm's c, s, d and t variants\)"),
+        ("resnet50t", r"a ResNet with a deep stem"),
+        ("ecaresnet50d_pruned", r"a ResNet with a deep stem"),
         ("resnetv2_50x1_bit", r"timm's ResNetV2 \(pre-activation; BiT with GroupNorm"),
         ("resnetv2_50", r"timm's ResNetV2 \(pre-activation"),
+        ("resnetv2_50d_evos", r"timm's ResNetV2"),
     ],
 )
 def test_a_timm_file_is_named_when_it_does_not_fit(name, family) -> None:

@@ -312,6 +312,37 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         resnet_flax.load_pretrained("resnet50d", "a9_in1k")
 
 
+def test_a_transformers_repository_id_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
+    """``load_pretrained("microsoft/resnet-18")``: config.json and model.safetensors through
+    huggingface_hub, as a save_pretrained folder would give them (tests/test_transformers.py
+    checks those folders against transformers itself)."""
+    from resnet_flax.io import transformers_resnet
+
+    variables = init_variables(resnet_flax.create_model("resnet18", num_classes=3), 32)
+    folder = transformers_resnet.save_transformers(
+        tmp_path / "repo", "resnet18", variables, labels=["cat", "dog", "fish"]
+    )
+    repo = "/microsoft/resnet-18/resolve/main/"
+    _HuggingFace.files = {
+        repo + name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")
+    }
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+        model, loaded = resnet_flax.load_pretrained("microsoft/resnet-18")
+        assert model.num_classes == 3
+        _assert_same(loaded, variables)
+        assert transformers_resnet.read_labels("microsoft/resnet-18") == ["cat", "dog", "fish"]
+        with pytest.raises(hub.WeightsError, match=r"cannot fetch microsoft/resnet-50/config"):
+            resnet_flax.load_pretrained("microsoft/resnet-50")  # not on this server
+    finally:
+        httpd.shutdown()
+
+
 def test_a_damaged_cached_file_is_downloaded_again(published):
     """A file cut short in the cache (put there by hand, a full disk): refreshed, once."""
     info, variables, cache, served = published

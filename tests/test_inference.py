@@ -469,6 +469,29 @@ def test_predict_preprocessing_warning_and_overrides(resnet18_file, images) -> N
     assert bad.returncode == 2 and "error: --crop-pct must be in (0, 1]" in bad.stderr
 
 
+def test_every_timm_entry_has_timms_eval_transform() -> None:
+    """Every timm entry of the table (resize, crop, interpolation, mean, std, at the train
+    and the test size) is what timm's create_transform builds from the tag's config; the
+    images below check that the same numbers give the same pixels."""
+    timm = pytest.importorskip("timm", reason="needs timm")
+    from timm.data import create_transform, resolve_data_config
+
+    from resnet_flax.io.weights import WEIGHTS
+
+    entries = [w for w in WEIGHTS if w.source == "timm"]
+    assert len(entries) >= 155  # timm's 172 tags less its 17 copies of torchvision's files
+    for entry in entries:
+        cfg = timm.models.get_pretrained_cfg(entry.tag).to_dict()
+        for test in (False, True):
+            config = resolve_data_config(pretrained_cfg=cfg, use_test_size=test)
+            resize, crop, *_ = create_transform(**config).transforms
+            ours = (entry.test_resize_size, entry.test_crop_size) if test else (None, None)
+            size = (ours[0] or entry.resize_size, ours[1] or entry.crop_size)
+            assert (resize.size, crop.size) == (size[0], (size[1], size[1])), entry.tag
+            assert resize.interpolation.value == entry.interpolation, entry.tag
+            assert tuple(config["mean"]) == entry.mean and tuple(config["std"]) == entry.std
+
+
 @pytest.mark.parametrize(
     "tag",
     [
@@ -477,12 +500,15 @@ def test_predict_preprocessing_warning_and_overrides(resnet18_file, images) -> N
         "resnetrs50.tf_in1k",
         "resnet50.a1h_in1k",
         "resnetv2_50x1_bit.goog_in21k_ft_in1k",
+        "seresnextaa101d_32x8d.sw_in12k_ft_in1k_288",
+        "senet154.gluon_in1k",
     ],
 )
 def test_timm_entries_transform_as_timm_does(images, tag) -> None:
     """Each timm entry's transforms() (and at its test size) against timm's create_transform
     on the resolved config: bicubic at crop_pct 0.95, 0.9, 0.91 and 0.9 (176 px), BiT's
-    bilinear 448 px at crop_pct 1.0, with the mean/std they carry."""
+    bilinear 448 px at crop_pct 1.0, timm's 288 px fine-tune at crop_pct 0.95 (320 to test),
+    gluon's 0.875, with the mean/std they carry."""
     timm = pytest.importorskip("timm", reason="needs timm")
     from timm.data import create_transform, resolve_data_config
 

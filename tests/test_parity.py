@@ -1,13 +1,16 @@
 """Every torchvision (and timm) model we name computes exactly what torchvision (timm) computes.
 
 For each name: random weights with non-trivial BatchNorm weights and running statistics;
-eval-mode logits and train-mode logits + updated running statistics at an odd size (99x99),
-op by op; and for one name of each family (:data:`AT_224`) the same at 224x224 (every code
-path at the published size, VGG's 7x7 average pooling the identity there), compiled whole by
-``jax.jit``, as users run them. A compile per size and mode is most of a deep model's time,
-and every family's jitted forward and derivatives are checked against float64 in
-``tests/test_transforms.py``. Import -> export returns identical arrays; a Flax-initialised
-model exported to torchvision gives the same logits. Bound:
+eval-mode logits and train-mode logits + updated running statistics at a small odd size (99x99
+for torchvision's names, 35x35 for timm's; 64x64 where timm's average-pool anti-aliasing floors
+odd sizes, which timm's own models cannot take), op by op; and for one name of each family
+(:data:`AT_224`) the same at 224x224 (every code path at the published size, VGG's 7x7 average
+pooling the identity there), compiled whole by ``jax.jit``, as users run them. The largest
+models (:data:`LARGEST`, over 300M parameters) get the small size, eval and train, and their
+parameter count, without the copies of the export checks. A compile per size and mode is
+most of a deep model's time, and every family's jitted forward and derivatives are checked
+against float64 in ``tests/test_transforms.py``. Import -> export returns identical arrays; a
+Flax-initialised model exported to torchvision gives the same logits. Bound:
 max |diff| <= 1e-4 * max(1, max |reference|).
 
 Random weights are drawn so that float32 can resolve the answer to the bound (conftest's
@@ -28,24 +31,33 @@ import json
 import os
 from collections.abc import Callable
 
+import flax
 import jax
 import numpy as np
 import pytest
 
 import resnet_flax
-from resnet_flax.io.convert import export_torchvision, load_torchvision
+from resnet_flax.io.convert import export_torchvision, load_torchvision, torch_key
 from resnet_flax.models.registry import count_parameters
 
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[torch]'")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-SIZES = (224, 99)
+FULL = 224
 # One name per family at 224 as well: torchvision's basic and bottleneck blocks, ResNeXt, VGG
-# with and without BatchNorm; timm's ResNet-D, SE, ECA, ResNet-RS, GroupNorm, ResNetV2, BiT.
+# with and without BatchNorm; timm's ResNet-D, SE, ECA, ResNet-RS, GroupNorm, ResNetV2, BiT,
+# tiered and C stems, blur and average-pool anti-aliasing, pruned widths, the light ECA net,
+# SENet-154 (reduced first conv, 3x3 shortcut), ResNetV2's basic block with deep stem,
+# EvoNorm, FRN and GroupNorm, the wider BiT.
 AT_224 = (
     "resnet18", "resnet50", "resnext50_32x4d", "vgg11", "vgg11_bn", "resnet50d", "seresnet50",
     "ecaresnet50d", "resnetrs50", "resnet50_gn", "resnetv2_50", "resnetv2_50x1_bit",
+    "resnet10t", "resnet50c", "resnetblur18", "resnetaa34d", "ecaresnet50d_pruned",
+    "ecaresnetlight", "senet154", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
+    "resnetv2_50d_gn", "resnetv2_50x3_bit",
 )  # fmt: skip
+# Over 300M parameters (test_parameter_count): 468M, 388M, 936M.
+LARGEST = ("resnext101_32x32d", "resnetv2_101x3_bit", "resnetv2_152x4_bit")
 _REPORT: dict[str, dict[str, float]] = {}
 
 
@@ -77,6 +89,13 @@ def _reference(name: str):
     ), lambda **o: torchvision.models.get_model(name, weights=None, **o)
 
 
+def small_size(name: str) -> int:
+    """The small size ``name`` is compared at (see the module's docstring)."""
+    if name not in resnet_flax.TIMM_MODELS:
+        return 99
+    return 64 if getattr(resnet_flax.create_model(name), "aa_layer", None) == "avg" else 35
+
+
 def _apply_fns(model, compiled: bool) -> tuple[Callable, Callable]:
     """``(eval, train)`` forwards of ``model``: op by op, or each compiled whole by ``jax.jit``
     (XLA fuses, and may round differently; a compile is most of a deep model's test)."""
@@ -85,7 +104,10 @@ def _apply_fns(model, compiled: bool) -> tuple[Callable, Callable]:
     return (jax.jit(eval_fn), jax.jit(train_fn)) if compiled else (eval_fn, train_fn)
 
 
-@pytest.mark.parametrize("name", [*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS])
+@pytest.mark.parametrize(
+    "name", [n for n in (*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS)
+             if n not in LARGEST]
+)  # fmt: skip
 def test_parity(name: str, parity) -> None:
     reference, build = _reference(name)
     tmodel = reference(parity)
@@ -101,9 +123,10 @@ def test_parity(name: str, parity) -> None:
         np.testing.assert_array_equal(exported[key], ref, err_msg=key)
 
     rng = np.random.default_rng(0)
+    small = small_size(name)
     with jax.default_matmul_precision("highest"):
-        for size in SIZES if name in AT_224 else SIZES[-1:]:
-            eval_fn, train_fn = _apply_fns(model, compiled=size != SIZES[-1])
+        for size in (FULL, small) if name in AT_224 else (small,):
+            eval_fn, train_fn = _apply_fns(model, compiled=size == FULL)
             x = rng.standard_normal((2, size, size, 3), dtype=np.float32)
 
             tmodel.eval()
@@ -137,7 +160,7 @@ def test_parity(name: str, parity) -> None:
 
     # a Flax-initialised model, exported, loads into torchvision and gives the same logits
     flax_model = resnet_flax.create_model(name, **parity.options(name))
-    x = rng.standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
+    x = rng.standard_normal((2, small, small, 3), dtype=np.float32)
     flax_vars = flax_model.init(jax.random.key(1), x[:1], train=False)
     with torch.device("meta"):  # no time spent on torch's own initialisation
         fresh = build(**parity.options(name)).eval()
@@ -151,6 +174,35 @@ def test_parity(name: str, parity) -> None:
         err = parity.rel_err(np.asarray(eval_fn(flax_vars, x)), fresh(parity.nchw(x)).numpy())
     report["flax_init_export"] = err
     assert err <= parity.BOUND, f"{name} Flax-initialised, exported: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", LARGEST)
+def test_parity_largest(name: str, parity) -> None:
+    """The largest models at the small size: eval logits, train logits and running
+    statistics, the state read from timm's tensors in place (no copies: 3.7 GB each for
+    ``resnetv2_152x4_bit``)."""
+    tmodel = _reference(name)[0](parity)
+    state = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}  # views
+    model, variables = load_torchvision(name, state)
+    size = small_size(name)
+    x = np.random.default_rng(0).standard_normal((2, size, size, 3), dtype=np.float32)
+    with jax.default_matmul_precision("highest"), torch.no_grad():
+        tmodel.eval()
+        err = parity.rel_err(np.asarray(model.apply(variables, x)), tmodel(parity.nchw(x)).numpy())
+        assert err <= parity.BOUND, f"{name} eval logits: relative error {err:.2e}"
+        logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        tmodel.train()
+        ref = tmodel(parity.nchw(x)).numpy()  # updates timm's statistics (the views) in place
+        err = parity.rel_err(np.asarray(logits), ref)
+        assert err <= parity.BOUND, f"{name} train logits: relative error {err:.2e}"
+        stats = flax.traverse_util.flatten_dict(updated["batch_stats"])
+        worst = max(
+            (parity.rel_err(np.asarray(v), state[torch_key("batch_stats", k)])
+             for k, v in stats.items() if k[-1] in ("mean", "var")),
+            default=0.0,
+        )  # fmt: skip
+        assert worst <= parity.BOUND, f"{name} running stats: relative error {worst:.2e}"
+    _REPORT[name] = {f"eval_{size}": err, f"stats_{size}": worst}
 
 
 @pytest.mark.parametrize("name", [*resnet_flax.TORCHVISION_MODELS, *resnet_flax.TIMM_MODELS])
@@ -169,7 +221,7 @@ def test_float32_error_is_the_references_own(name: str, parity) -> None:
     3.0e-05)."""
     timm = pytest.importorskip("timm", reason="timm parity needs timm")
     model = resnet_flax.create_model(name)
-    x = np.random.default_rng(0).standard_normal((2, SIZES[-1], SIZES[-1], 3), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 99, 99, 3), dtype=np.float32)
     variables = jax.jit(lambda: model.init(jax.random.key(1), x[:1], train=False))()
     reference = timm.create_model(name, pretrained=False).eval()
     reference.load_state_dict(

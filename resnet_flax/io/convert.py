@@ -33,7 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_flax.io.pth import read_state_dict, write_pth, write_safetensors
-from resnet_flax.models.registry import create_model, init_variables
+from resnet_flax.models.registry import create_model, init_variables, list_models
 
 Variables = dict[str, Any]
 
@@ -178,35 +178,57 @@ def _is_head_kernel(path: Sequence[str], head: str) -> bool:
     return ".".join(path).startswith(_torch_name(head) + ".") and path[-1] == "weight"
 
 
-# (a key only the family's files have, what the family is, the registry names to try)
+# (a key only the family's files have, what the family is, whether a model is of it)
 _FAMILIES = (
     (
         "conv1.6.weight",
-        "a ResNet-D (deep stem, average-pool shortcut)",
-        ("resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d"),
+        "a ResNet with a deep stem (timm's c, s, d and t variants)",
+        lambda model: getattr(model, "stem", None) in ("deep", "deep_tiered"),
     ),
     (
         "stages.0.blocks.0.conv1.weight",
         "timm's ResNetV2 (pre-activation; BiT with GroupNorm and standardised convs)",
-        ("resnetv2_50", "resnetv2_101", "resnetv2_50x1_bit", "resnetv2_101x1_bit"),
+        lambda model: type(model).__name__ == "ResNetV2",
     ),
 )
 
 
 def _looks_like(state: dict[str, Any], name: str) -> str:
     """What a file whose keys do not fit ``name`` looks like, when a key tells its family:
-    the family, and the name whose keys all fit, if one does."""
-    for key, family, names in _FAMILIES:
+    the family, and the name whose keys all fit, if one does (only the names with the file's
+    blocks per stage are built to compare)."""
+    for key, family, member in _FAMILIES:
         if key not in state:
             continue
-        for candidate in (n for n in names if n != name):
-            expected = traverse_util.flatten_dict(
-                init_variables(create_model(candidate), abstract=True)
-            )
-            if {torch_key(c, tuple(p)) for c, *p in expected} == set(state):
+        names = [n for n in list_models() if member(create_model(n))]
+        blocks = _blocks_per_stage(state)
+        for candidate in names:
+            if candidate == name or tuple(create_model(candidate).stage_sizes) != blocks:
+                continue
+            model = create_model(candidate)
+            expected = traverse_util.flatten_dict(init_variables(model, abstract=True))
+            shapes = {  # the head aside: a file may have any number of classes
+                torch_key(c, tuple(p)): _torch_shape(v.shape, p)
+                for (c, *p), v in expected.items()
+                if p[0] != model.head
+            }
+            if set(shapes) <= set(state) and len(state) == len(expected) and all(
+                tuple(np.shape(state[k])) == shape for k, shape in shapes.items()
+            ):
                 return f": they are {family}: try {candidate}"
-        return f": they look like {family}: {', '.join(names)}"
+        return f": they look like {family}: {_listed(names, 12)}"
     return ""
+
+
+def _blocks_per_stage(state: dict[str, Any]) -> tuple[int, ...]:
+    """How many blocks each stage of a torchvision- or timm-layout state has."""
+    blocks: dict[int, int] = {}
+    for key in state:
+        m = re.match(r"^(?:layer(\d+)|stages\.(\d+)\.blocks)\.(\d+)\.", key)
+        if m:
+            stage = int(m.group(1) or int(m.group(2)) + 1)
+            blocks[stage] = max(blocks.get(stage, 0), int(m.group(3)) + 1)
+    return tuple(blocks[s] for s in sorted(blocks))
 
 
 def _listed(items: list[str], limit: int, separator: str = ", ") -> str:

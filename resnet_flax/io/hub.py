@@ -26,6 +26,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from resnet_flax.io import transformers_resnet
 from resnet_flax.io.convert import load_torchvision
 from resnet_flax.io.download import ChecksumError, download
 from resnet_flax.io.pth import CheckpointError
@@ -136,21 +137,26 @@ def fetch(
 def _from_hugging_face(entry: Weights, refresh: bool = False) -> Path:
     """``timm/TAG/model.safetensors`` through huggingface_hub (its cache, offline mode and
     endpoint, as timm)."""
+    return hub_file(entry.repository, entry.file, refresh=refresh, what=f"{entry.tag} is timm's")
+
+
+def hub_file(repository: str, file: str, *, refresh: bool = False, what: str = "") -> Path:
+    """The local copy of ``file`` of a Hugging Face hub ``repository``, fetched through
+    huggingface_hub (its cache, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``); a
+    :class:`WeightsError` naming the file otherwise."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsError(
-            f"{entry.tag} is timm's, on the Hugging Face hub: pip install 'resnet-flax[hub]' "
+            f"{what or repository} on the Hugging Face hub: pip install 'resnet-flax[hub]' "
             f"(huggingface_hub)."
         ) from None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        return Path(
-            hf_hub_download(entry.repository, entry.file, endpoint=endpoint, force_download=refresh)
-        )
+        return Path(hf_hub_download(repository, file, endpoint=endpoint, force_download=refresh))
     except Exception as error:  # huggingface_hub's HTTP, offline and cache errors
         raise WeightsError(
-            f"cannot fetch {entry.repository}/{entry.file} from the Hugging Face hub "
+            f"cannot fetch {repository}/{file} from the Hugging Face hub "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
             f"Offline, HF_HUB_OFFLINE=1 uses huggingface_hub's cache; HF_ENDPOINT names a mirror."
         ) from None
@@ -164,7 +170,13 @@ def load_pretrained(
     enum name such as ``"IMAGENET1K_V2"``, or ``"DEFAULT"``, the default). ``options`` go to
     the model (``num_classes=10`` re-initialises the head, as ``load_torchvision``;
     ``impl="cpu"`` for the CPU kernels). A cached file that cannot be read (a download cut
-    short before the cache was checked, a damaged disk) is downloaded again, once."""
+    short before the cache was checked, a damaged disk) is downloaded again, once.
+
+    transformers' ResNets load too: a Hugging Face hub repository id
+    (``"microsoft/resnet-50"``) or a folder written by ``save_pretrained``; their labels come
+    with :func:`resnet_flax.io.transformers_resnet.read_labels`."""
+    if weights is None and transformers_resnet.is_transformers_source(name_or_tag):
+        return transformers_resnet.load_transformers(name_or_tag, **options)
     if weights is None and "." in name_or_tag:
         entry = resolve(name_or_tag)
     else:

@@ -65,6 +65,7 @@ class Block(nn.Module):
     reduce_first: int = 1  # timm's block_reduce_first: the first conv's width divided by this
     down_kernel_size: int = 1  # the projection shortcut's kernel where it is strided
     widths: Widths | None = None  # explicit channels (timm's pruned models), else computed
+    stride_in_1x1: bool = False  # v1's bottleneck: the stride on the first 1x1 conv
     dtype: Any = jnp.float32
     impl: Impl = "plain"
 
@@ -114,7 +115,8 @@ class Bottleneck(Block):
         )
         c = partial(conv, dtype=self.dtype, impl=self.impl)
         stride, use_aa = self.strided()
-        out = nn.relu(self.norm(name="bn1")(c(first, 1, name="conv1")(x), train))
+        stride_1x1, stride = (stride, 1) if self.stride_in_1x1 else (1, stride)
+        out = nn.relu(self.norm(name="bn1")(c(first, 1, stride_1x1, name="conv1")(x), train))
         out = c(width, 3, stride, groups=self.groups, dilation=self.dilation, name="conv2")(out)
         out = nn.relu(self.norm(name="bn2")(out, train))
         if use_aa:
@@ -235,6 +237,8 @@ class ResNet(nn.Module):
       (SENet-154); ``down_kernel_size``: the strided projection shortcut's kernel (SENet: 3).
     - ``block_widths``: every block's (conv1, conv2, conv3) output channels, for timm's pruned
       models (``ecaresnet50d_pruned``); ``None`` computes them from the stage widths.
+    - ``stride_in_1x1``: bottlenecks stride their first 1x1 conv, not the 3x3 (ResNet v1 as
+      first published; transformers' ``downsample_in_bottleneck``).
     - ``attn_layer``: channel attention in every block, timm's ``"se"`` (reduction
       ``se_ratio``) or ``"eca"`` (:mod:`resnet_flax.models.attention`); pre-activation blocks
       take none.
@@ -274,6 +278,7 @@ class ResNet(nn.Module):
     block_reduce_first: int = 1
     down_kernel_size: int = 1
     block_widths: Sequence[Widths] | None = None
+    stride_in_1x1: bool = False
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] | None = None
@@ -348,6 +353,7 @@ class ResNet(nn.Module):
                     drop_path=self.drop_path_rate * block_index / max(total_blocks - 1, 1),
                     aa=self.aa_layer,
                     reduce_first=self.block_reduce_first,
+                    stride_in_1x1=self.stride_in_1x1,
                     down_kernel_size=self.down_kernel_size,
                     widths=None
                     if self.block_widths is None
