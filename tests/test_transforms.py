@@ -3,7 +3,9 @@
 One small model per family, built by the family's own classes (the registry's names differ in
 depth and width, not in code path): a torchvision ResNet, a ResNeXt with squeeze-and-
 excitation, a ResNet-D with ECA, BiT (ResNetV2 with GroupNorm and weight standardisation),
-VGG with BatchNorm (and its dropout), LeNet-5 and a CIFAR ResNet (option-A shortcuts). In eval
+VGG with BatchNorm (and its dropout), LeNet-5, a CIFAR ResNet (option-A shortcuts), timm's
+tiered stem with blur pooling and SENet-154's blocks, and ResNetV2's basic block with EvoNorm
+and with FRN. In eval
 and in train mode (BatchNorm on batch statistics), each is checked under ``jit``, ``eval_shape``,
 ``grad``, ``jvp`` (against float64 finite differences), ``jacfwd`` (against ``jacrev``), a
 Hessian-vector product (forward over reverse, against reverse over reverse and float64 finite
@@ -56,6 +58,18 @@ FAMILIES = {
     "cifar_resnet": (ResNet(block=BasicBlock, stage_sizes=(1, 1, 1), widths=(8, 16, 32),
                             stem="cifar", stem_width=8, shortcut="zero_pad",
                             num_classes=CLASSES), 16),
+    # timm's tiered stem, blur pooling, SENet-154's reduced first conv and 3x3 shortcut
+    "resnet_t_blur_senet": (ResNet(block=Bottleneck, stage_sizes=(1, 1), widths=(8, 16),
+                                   stem="deep_tiered", stem_width=8, aa_layer="blur",
+                                   block_reduce_first=2, down_kernel_size=3, attn_layer="se",
+                                   num_classes=CLASSES), 32),
+    # ResNetV2's basic block, deep stem and pooled shortcuts, with EvoNorm and with FRN
+    "resnetv2_evonorm": (ResNetV2(block="basic", stage_sizes=(1, 1), widths=(32, 64),
+                                  stem="deep", stem_width=64, avg_down=True,
+                                  norm_layer="evonorm", num_classes=CLASSES), 32),
+    "resnetv2_frn": (ResNetV2(block="basic", stage_sizes=(1, 1), widths=(16, 32),
+                              stem="deep_tiered", stem_width=32, avg_down=True,
+                              norm_layer="frn", num_classes=CLASSES), 32),
 }  # fmt: skip
 MODES = {"eval": False, "train": True}
 # The big programs of derivatives compile with XLA's backend optimisations off: a third less
