@@ -80,3 +80,37 @@ def test_a_weight_standardised_conv_is_not_folded(parity):
         expected = model.apply(variables, x, train=False)
         err = parity.rel_err(np.asarray(fold_batch_norm(model, variables, x_shape)(x)), expected)
         assert err <= 5e-6, f"standardize={standardize}: relative error {err:.1e}"
+
+
+@pytest.mark.parametrize(
+    ("name", "folded"),
+    [
+        ("resnet10t", 14),  # tiered stem (3) + 4 blocks x 2 + 3 projections (layer1 has none)
+        ("resnetblur18", 20),
+        ("resnetaa34d", 38),  # deep stem (3) + 16 blocks x 2 + 3 projections
+        ("resnetv2_50d_evos", 0),  # EvoNorm is no BatchNorm: nothing to fold, and kept
+        ("senet154", 157),  # deep stem (3) + 50 blocks x 3 + 4 projections (3x3 where strided)
+    ],
+)
+def test_the_new_timm_families_fold_and_run_the_cpu_kernels(name, folded, parity):
+    """timm's eval logits from ``fold_batch_norm`` and from the CPU kernels (eval and train
+    mode), for the layers the timm families added: tiered stems, blur and average-pool
+    anti-aliasing, EvoNorm (no BatchNorm to fold), SENet-154's 3x3 strided shortcut."""
+    torch = pytest.importorskip("torch", reason="fold parity needs torch")
+    pytest.importorskip("timm", reason="timm's reference needs timm")
+    tmodel = parity.timm_model(name, seed=1)
+    model, variables = load_torchvision(name, parity.state_dict_numpy(tmodel))
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    assert len(conv_norm_pairs(model, variables, x.shape)) == folded
+    with torch.no_grad():
+        ref = tmodel.eval()(parity.nchw(x)).numpy()
+        ref_train = tmodel.train()(parity.nchw(x)).numpy()
+    err = parity.rel_err(np.asarray(fold_batch_norm(model, variables, x.shape)(x)), ref)
+    assert err <= parity.BOUND, f"{name} folded eval: relative error {err:.2e}"
+    cpu = model.clone(impl="cpu")
+    with jax.default_matmul_precision("highest"):
+        err = parity.rel_err(np.asarray(jax.jit(cpu.apply)(variables, x)), ref)
+        assert err <= parity.BOUND, f"{name} CPU kernels, eval: relative error {err:.2e}"
+        train = jax.jit(lambda v, x: cpu.apply(v, x, train=True, mutable=["batch_stats"])[0])
+        err = parity.rel_err(np.asarray(train(variables, x)), ref_train)
+        assert err <= parity.BOUND, f"{name} CPU kernels, train: relative error {err:.2e}"
