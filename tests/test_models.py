@@ -211,6 +211,28 @@ def test_create_model_names_the_bad_option(name, options, message):
         resnet_flax.create_model(name, **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stem": "tiered"}, r"stem must be one of .*not 'tiered'. Did you mean 'deep_tiered'"),
+        ({"aa_layer": "blurr"}, r"aa_layer must be one of \(None, 'avg', 'blur'\).*'blur'\?"),
+        ({"block_reduce_first": 0}, r"block_reduce_first must be a positive integer"),
+    ],
+)
+def test_a_bad_choice_of_timms_options_is_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        model = resnet_flax.create_model("resnet18", **options)
+        jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+
+
+def test_anti_aliasing_on_an_odd_size_names_the_fix():
+    """timm's average-pool anti-aliasing floors an odd size where the shortcut rounds up:
+    timm's models fail there too; ours say which sizes work."""
+    model = resnet_flax.create_model("resnetaa50d")
+    with pytest.raises(ValueError, match=r"every stride-2 stage needs an even input size"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 99, 99, 3)))
+
+
 def test_numpy_scalars_are_accepted_where_python_ones_are():
     model = resnet_flax.create_model(
         "resnet18", num_classes=np.int64(10), zero_init_residual=np.bool_(True)

@@ -212,8 +212,10 @@ def _looks_like(state: dict[str, Any], name: str) -> str:
                 for (c, *p), v in expected.items()
                 if p[0] != model.head
             }
-            if set(shapes) <= set(state) and len(state) == len(expected) and all(
-                tuple(np.shape(state[k])) == shape for k, shape in shapes.items()
+            if (
+                set(shapes) <= set(state)
+                and len(state) == len(expected)
+                and all(tuple(np.shape(state[k])) == shape for k, shape in shapes.items())
             ):
                 return f": they are {family}: try {candidate}"
         return f": they look like {family}: {_listed(names, 12)}"

@@ -98,6 +98,8 @@ def check_model_options(
         "width_per_group",
         "stem_width",
         "width_factor",
+        "block_reduce_first",
+        "down_kernel_size",
     )
     for option in counts:
         if option in options and not _positive_int(options[option]):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_flax.models.attention import Attention, attention
-from resnet_flax.models.checks import check_images, check_options
+from resnet_flax.models.checks import check_images, check_options, did_you_mean
 from resnet_flax.models.layers import (
     Impl,
     anti_alias,
@@ -296,6 +296,18 @@ class ResNet(nn.Module):
         norm = make_norm(
             self.norm_layer, axis_name=self.axis_name, dtype=self.dtype, impl=self.impl
         )
+        for option, choices in (
+            ("stem", ("imagenet", "deep", "deep_tiered", "cifar")),
+            ("stem_pool", ("max", "conv")),
+            ("shortcut", ("projection", "avg_pool", "zero_pad")),
+            ("aa_layer", (None, "avg", "blur")),
+        ):
+            if getattr(self, option) not in choices:
+                raise ValueError(
+                    f"{type(self).__name__}: {option} must be one of {choices}, not "
+                    f"{getattr(self, option)!r}."
+                    f"{did_you_mean(str(getattr(self, option)), [c for c in choices if c])}"
+                )
         preact = self.block.preact
         if preact and (self.attn_layer is not None or self.drop_path_rate):
             raise ValueError(
