@@ -175,11 +175,15 @@ def _attend(block: Block, out: jax.Array) -> jax.Array:
 
 def _residual_sum(block: Block, out: jax.Array, identity: jax.Array) -> jax.Array:
     if out.shape != identity.shape:  # timm's AvgPool2d anti-aliasing floors odd sizes
+        why = (
+            f"; with aa_layer={block.aa!r} every stride-2 stage needs an even input size "
+            f"(timm's models fail the same way): use an image size divisible by 32"
+            if block.aa
+            else ""
+        )
         raise ValueError(
             f"{'/'.join(block.scope.path)}: the residual branch gives {tuple(out.shape)} but the "
-            f"shortcut {tuple(identity.shape)}; with aa_layer={block.aa!r} every stride-2 "
-            f"stage needs an even input size (timm's models fail the same way): use an image "
-            f"size divisible by 32."
+            f"shortcut {tuple(identity.shape)}{why}."
         )
     return out + identity
 
