@@ -6,7 +6,7 @@ for torchvision's names, 35x35 for timm's; 64x64 where timm's average-pool anti-
 odd sizes, which timm's own models cannot take), op by op; and for one name of each family
 (:data:`AT_224`) the same at 224x224 (every code path at the published size, VGG's 7x7 average
 pooling the identity there), compiled whole by ``jax.jit``, as users run them. The largest
-models (:data:`LARGEST`, over 300M parameters) get the small size, eval and train, and their
+models (:data:`LARGEST`, over 230M parameters) get the small size, eval and train, and their
 parameter count, without the copies of the export checks. A compile per size and mode is
 most of a deep model's time, and every family's jitted forward and derivatives are checked
 against float64 in ``tests/test_transforms.py``. Import -> export returns identical arrays; a
@@ -58,8 +58,11 @@ AT_224 = (
     "ecaresnetlight", "senet154", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
     "resnetv2_50d_gn", "resnetv2_50x3_bit",
 )  # fmt: skip
-# Over 300M parameters (test_parameter_count): 468M, 388M, 936M.
-LARGEST = ("resnext101_32x32d", "resnetv2_101x3_bit", "resnetv2_152x4_bit")
+# Over 230M parameters (test_parameter_count): 468M, 236M, 388M, 936M. The copies the full
+# test makes of 236M parameters (1 GB each) already exhaust memory beside another worker.
+LARGEST = (
+    "resnext101_32x32d", "resnetv2_152x2_bit", "resnetv2_101x3_bit", "resnetv2_152x4_bit",
+)  # fmt: skip
 _REPORT: dict[str, dict[str, float]] = {}
 
 
@@ -123,6 +126,7 @@ def test_parity(name: str, parity) -> None:
     for key, ref in state.items():
         assert exported[key].dtype == ref.dtype, key
         np.testing.assert_array_equal(exported[key], ref, err_msg=key)
+    del exported  # a copy of every weight: the next ones need the memory
 
     rng = np.random.default_rng(0)
     small = small_size(name)

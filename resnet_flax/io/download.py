@@ -4,7 +4,9 @@ The bytes go to a temporary file of a name of its own in the destination's folde
 as they arrive, and only a file whose length and hash are right is renamed into place (an
 atomic rename), so nothing half-written or corrupt is ever found at the destination, and two
 downloads of one file at once cannot spoil each other. A destination on a remote filesystem
-(:mod:`resnet_flax.io.paths`) is uploaded once verified.
+(:mod:`resnet_flax.io.paths`) is uploaded once verified. A file of a Hugging Face hub
+repository (timm's weights, transformers' ResNets) comes through ``huggingface_hub`` instead
+(:func:`hub_file`), which keeps its own cache, as timm and transformers fetch them.
 """
 
 from __future__ import annotations
@@ -89,3 +91,29 @@ def download(
         Path(partial).unlink(missing_ok=True)
         raise
     return os.fspath(dest)
+
+
+class WeightsError(ValueError):
+    """Unknown weights, or weights that cannot be fetched or verified; says what to do."""
+
+
+def hub_file(repository: str, file: str, *, refresh: bool = False, what: str = "") -> Path:
+    """The local copy of ``file`` of a Hugging Face hub ``repository``, fetched through
+    huggingface_hub (its cache, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``); a
+    :class:`WeightsError` naming the file otherwise."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError(
+            f"{what or repository} on the Hugging Face hub: pip install 'resnet-flax[hub]' "
+            f"(huggingface_hub)."
+        ) from None
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        return Path(hf_hub_download(repository, file, endpoint=endpoint, force_download=refresh))
+    except Exception as error:  # huggingface_hub's HTTP, offline and cache errors
+        raise WeightsError(
+            f"cannot fetch {repository}/{file} from the Hugging Face hub "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"Offline, HF_HUB_OFFLINE=1 uses huggingface_hub's cache; HF_ENDPOINT names a mirror."
+        ) from None

@@ -28,17 +28,13 @@ import flax.linen as nn
 
 from resnet_flax.io import transformers_resnet
 from resnet_flax.io.convert import load_torchvision
-from resnet_flax.io.download import ChecksumError, download
+from resnet_flax.io.download import ChecksumError, WeightsError, download, hub_file
 from resnet_flax.io.pth import CheckpointError
 from resnet_flax.io.weights import BASE_URL_ENV, WEIGHTS, Weights, by_tag, weights_for
 from resnet_flax.models import registry
 from resnet_flax.models.checks import did_you_mean
 
 _HASH = re.compile(r"-([a-f0-9]+)\.")  # torchvision's: the sha256 prefix in a file name
-
-
-class WeightsError(ValueError):
-    """Unknown weights, or weights that cannot be fetched or verified; says what to do."""
 
 
 def list_pretrained() -> list[str]:
@@ -138,28 +134,6 @@ def _from_hugging_face(entry: Weights, refresh: bool = False) -> Path:
     """``timm/TAG/model.safetensors`` through huggingface_hub (its cache, offline mode and
     endpoint, as timm)."""
     return hub_file(entry.repository, entry.file, refresh=refresh, what=f"{entry.tag} is timm's")
-
-
-def hub_file(repository: str, file: str, *, refresh: bool = False, what: str = "") -> Path:
-    """The local copy of ``file`` of a Hugging Face hub ``repository``, fetched through
-    huggingface_hub (its cache, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``); a
-    :class:`WeightsError` naming the file otherwise."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise WeightsError(
-            f"{what or repository} on the Hugging Face hub: pip install 'resnet-flax[hub]' "
-            f"(huggingface_hub)."
-        ) from None
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    try:
-        return Path(hf_hub_download(repository, file, endpoint=endpoint, force_download=refresh))
-    except Exception as error:  # huggingface_hub's HTTP, offline and cache errors
-        raise WeightsError(
-            f"cannot fetch {repository}/{file} from the Hugging Face hub "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-            f"Offline, HF_HUB_OFFLINE=1 uses huggingface_hub's cache; HF_ENDPOINT names a mirror."
-        ) from None
 
 
 def load_pretrained(

@@ -33,6 +33,7 @@ import flax.linen as nn
 import numpy as np
 
 from resnet_flax.io.convert import export_torchvision, load_torchvision
+from resnet_flax.io.download import WeightsError, hub_file
 from resnet_flax.io.pth import read_state_dict, write_safetensors
 from resnet_flax.models.registry import create_model
 from resnet_flax.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -270,8 +271,6 @@ def _local(source: str | os.PathLike, *files: str) -> Path:
             f"{os.fspath(source)} has no {' or '.join(files)}: a transformers ResNet folder holds "
             f"config.json and model.safetensors, as save_pretrained writes them."
         )
-    from resnet_flax.io.hub import WeightsError, hub_file
-
     first = None
     for file in files:  # the first that the repository has
         try:
