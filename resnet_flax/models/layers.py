@@ -250,17 +250,30 @@ class GroupNorm(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
         features = x.shape[-1]
-        if features % self.num_groups:
-            raise ValueError(f"GroupNorm: {features} channels do not split into {self.num_groups}")
+        grouped, mean, var = group_moments(x, self.num_groups, "GroupNorm")
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        x32 = x.astype(statistics_dtype(x.dtype))
-        grouped = x32.reshape(*x.shape[:-1], self.num_groups, features // self.num_groups)
-        axes = (*range(1, x.ndim - 1), x.ndim)  # space and the channels of a group
-        mean = jnp.mean(grouped, axes, keepdims=True)
-        var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
         y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         return (y * scale + bias).astype(self.dtype)
+
+
+def group_moments(
+    x: jax.Array, num_groups: int, layer: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``x`` in float32 (float64 for float64 input) split into ``num_groups`` groups of
+    channels, ``(..., groups, channels per group)``, and each example's and group's mean and
+    biased variance over space and the group's channels, two-pass, as torch's GroupNorm
+    (and timm's ``group_std``) take them. ``layer`` names the layer in the error for a
+    channel count that does not split."""
+    features = x.shape[-1]
+    if features % num_groups:
+        raise ValueError(f"{layer}: {features} channels do not split into {num_groups}")
+    x32 = x.astype(statistics_dtype(x.dtype))
+    grouped = x32.reshape(*x.shape[:-1], num_groups, features // num_groups)
+    axes = (*range(1, x.ndim - 1), x.ndim)  # space and the channels of a group
+    mean = jnp.mean(grouped, axes, keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
+    return grouped, mean, var
 
 
 class EvoNormS0(nn.Module):
@@ -281,16 +294,11 @@ class EvoNormS0(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
         features = x.shape[-1]
-        if features % self.num_groups:
-            raise ValueError(f"EvoNormS0: {features} channels do not split into {self.num_groups}")
+        grouped, _, var = group_moments(x, self.num_groups, "EvoNormS0")
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         v = self.param("v", nn.initializers.ones, (features,), jnp.float32)
-        x32 = x.astype(statistics_dtype(x.dtype))
-        grouped = x32.reshape(*x.shape[:-1], self.num_groups, features // self.num_groups)
-        axes = (*range(1, x.ndim - 1), x.ndim)
-        mean = jnp.mean(grouped, axes, keepdims=True)
-        var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
+        x32 = grouped.reshape(x.shape)
         std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), grouped.shape).reshape(x.shape)
         y = x32 * jax.nn.sigmoid(x32 * v) / std
         return (y * scale + bias).astype(self.dtype)
