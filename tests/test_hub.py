@@ -7,6 +7,7 @@ the real one with the file name (and so the sha256 prefix) of that file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -271,6 +272,23 @@ class _HuggingFace(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _hugging_face(files: dict[str, bytes], tmp_path, monkeypatch):
+    """A hub serving ``files`` (route -> bytes) on 127.0.0.1, huggingface_hub pointed at it
+    with a cache of its own under ``tmp_path``."""
+    _HuggingFace.files = files
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+        yield
+    finally:
+        httpd.shutdown()
+
+
 def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
     from resnet_flax.io.convert import export_torchvision
     from resnet_flax.io.pth import write_safetensors
@@ -280,20 +298,14 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
     route = "/timm/resnet18d.ra2_in1k/resolve/main/model.safetensors"
     plain = init_variables(resnet_flax.create_model("resnet18"), 32, seed=1)
     write_safetensors(tmp_path / "plain.safetensors", export_torchvision("resnet18", plain))
-    _HuggingFace.files = {
+    files = {
         route: (tmp_path / "model.safetensors").read_bytes(),
         # timm's weights for torchvision's architecture
         "/timm/resnet18.a1_in1k/resolve/main/model.safetensors": (
             tmp_path / "plain.safetensors"
         ).read_bytes(),
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    with _hugging_face(files, tmp_path, monkeypatch):
         model, loaded = resnet_flax.load_pretrained("resnet18d.ra2_in1k")
         _assert_same(loaded, variables)
         _, again = resnet_flax.load_pretrained("resnet18d")  # DEFAULT: timm's first
@@ -306,8 +318,6 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         assert transform.interpolation == "bicubic"
         with pytest.raises(hub.WeightsError, match=r"cannot fetch timm/resnet50d.a1_in1k/model"):
             resnet_flax.load_pretrained("resnet50d.a1_in1k")  # not on this server, nor cached
-    finally:
-        httpd.shutdown()
     with pytest.raises(hub.WeightsError, match=r"unknown weights 'a9_in1k' for resnet50d.*a1_in1k"):
         resnet_flax.load_pretrained("resnet50d", "a9_in1k")
 
@@ -323,24 +333,16 @@ def test_a_transformers_repository_id_comes_from_the_hugging_face_hub(tmp_path, 
         tmp_path / "repo", "resnet18", variables, labels=["cat", "dog", "fish"]
     )
     repo = "/microsoft/resnet-18/resolve/main/"
-    _HuggingFace.files = {
+    files = {
         repo + name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    with _hugging_face(files, tmp_path, monkeypatch):
         model, loaded = resnet_flax.load_pretrained("microsoft/resnet-18")
         assert model.num_classes == 3
         _assert_same(loaded, variables)
         assert transformers_resnet.read_labels("microsoft/resnet-18") == ["cat", "dog", "fish"]
         with pytest.raises(hub.WeightsError, match=r"cannot fetch microsoft/resnet-50/config"):
             resnet_flax.load_pretrained("microsoft/resnet-50")  # not on this server
-    finally:
-        httpd.shutdown()
 
 
 def test_a_damaged_cached_file_is_downloaded_again(published):

@@ -144,10 +144,7 @@ def load_transformers(source: str | os.PathLike, **options: Any) -> tuple[nn.Mod
 
 def to_torchvision(state: Mapping[str, Any]) -> dict[str, Any]:
     """transformers' keys renamed to torchvision's (the table above)."""
-    out = {}
-    for key, value in state.items():
-        out[_rename(key)] = value
-    return out
+    return {_rename(key): value for key, value in state.items()}
 
 
 def _rename(key: str) -> str:
