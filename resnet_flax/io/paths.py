@@ -2,9 +2,12 @@
 ``hf://``. Every file the package reads or writes outside its caches goes through here.
 
 A remote scheme needs the fsspec library that serves it (``gcsfs`` for ``gs://``, ``s3fs`` for
-``s3://``, ...); without it, the error names the package to install. ``file://`` URLs are local
-paths. Object stores cannot append to a file, so :class:`AppendFile` uploads the whole file
-again on each flush there (as tensorboardX's own ``gs://`` and ``s3://`` writers do).
+``s3://``, ...); without it, the error names the package to install. That holds with TensorFlow
+installed too: epath would otherwise hand remote paths to ``tf.io.gfile``, which ignores fsspec's
+settings (``STORAGE_EMULATOR_HOST``, credentials), so ``EPATH_USE_TF`` is ``false`` unless the
+user set it. ``file://`` URLs are local paths. Object stores cannot append to a file, so
+:class:`AppendFile` uploads the whole file again on each flush there (as tensorboardX's own
+``gs://`` and ``s3://`` writers do).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import urllib.parse
 from typing import BinaryIO
 
 from etils import epath
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # read by epath at its first remote path
 
 # scheme -> (the module that serves it, the extra of this package that installs it, if any)
 SERVED_BY = {
