@@ -15,9 +15,18 @@ parity bounds are float32 CPU bounds, and ``impl="cpu"`` needs the CPU backend. 
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import importlib.util
+import io
+import json
+import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tarfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported
 
@@ -111,6 +120,223 @@ def on_devices() -> Callable[..., subprocess.CompletedProcess]:
         return done
 
     return run
+
+
+def run_records(workdir) -> dict[tuple[str, int], dict]:
+    """A run's metrics.jsonl (local or remote): the last record per (split, step), without its
+    wall-clock fields."""
+    from resnet_flax.io import paths
+
+    out = {}
+    for line in paths.as_path(workdir).joinpath("metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for volatile in ("time", "images_per_sec"):
+            record.pop(volatile, None)
+        out[record["split"], record["step"]] = record
+    return out
+
+
+@pytest.fixture(scope="session", name="run_records")
+def run_records_fixture() -> Callable[..., dict[tuple[str, int], dict]]:
+    """``run_records(workdir)``: see :func:`run_records`."""
+    return run_records
+
+
+@pytest.fixture(scope="session")
+def same_run() -> Callable[..., None]:
+    """``same_run(a, b, steps)``: the runs in workdirs ``a`` and ``b`` (local or remote) ended
+    at ``steps`` with bitwise equal variables and equal metrics records."""
+    from train.checkpoint import load_variables
+    from train.distributed import make_mesh
+
+    def check(a, b, steps: int) -> None:
+        mesh = make_mesh()
+        va, _, sa = load_variables(str(a), mesh)
+        vb, _, sb = load_variables(str(b), mesh)
+        assert sa == sb == steps
+        va, vb = jax.device_get(va), jax.device_get(vb)
+        for (path, x), y in zip(jax.tree.leaves_with_path(va), jax.tree.leaves(vb), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+        assert run_records(a) == run_records(b)
+
+    return check
+
+
+# --------------------------------------------------------------------- Cloud Storage emulator
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _download_with_generation(download, not_found: type[Exception]):
+    """The emulator's media download, answering with the object's ``x-goog-generation`` header
+    as Cloud Storage does: TensorStore reads an object's generation from it (without it, a
+    cached OCDBT manifest read back fails with "Malformed StorageGeneration")."""
+
+    def wrapped(request, response, storage, *args, **kwargs):
+        try:
+            found = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = found["generation"]
+        except not_found:
+            pass
+        return download(request, response, storage, *args, **kwargs)
+
+    return wrapped
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """``gs://bucket``: a Cloud Storage server on 127.0.0.1 holding an empty bucket, and the
+    environment that points gcsfs and TensorStore at it (no credentials, no metadata server).
+    ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` (array_record's C++ client) is left for the code under
+    test to set from ``STORAGE_EMULATOR_HOST``, and unset afterwards."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    errors = pytest.importorskip("gcp_storage_emulator.exceptions")
+    objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")
+    pytest.importorskip("gcsfs")
+    port = _free_port()
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    for chatty in ("gcsfs", "google.auth"):  # "no default credentials", at every bucket
+        logging.getLogger(chatty).setLevel(logging.ERROR)
+    with pytest.MonkeyPatch.context() as env:
+        # objects.get looks download up at call time (alt=media reads, TensorStore's route)
+        env.setattr(
+            objects, "download", _download_with_generation(objects.download, errors.NotFound)
+        )
+        env.setenv("STORAGE_EMULATOR_HOST", url)
+        env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        env.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "")
+        env.setenv("GCE_METADATA_ROOT", "127.0.0.1:1")  # fail fast: no GCE credentials here
+        yield "gs://bucket"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upload() -> Callable[[Path, str], None]:
+    """``upload(local, remote)``: copy the files under ``local`` to ``remote`` (``gs://...``)."""
+    from resnet_flax.io import paths
+
+    def copy(local: Path, remote: str) -> None:
+        for path in local.rglob("*"):
+            if path.is_file():
+                target = paths.as_path(f"{remote}/{path.relative_to(local).as_posix()}")
+                target.write_bytes(path.read_bytes())
+
+    return copy
+
+
+# --------------------------------------------------------------------- ImageNet as TFDS prepares it
+
+# The classes of ImageNet's first six validation images (the devkit's ground truth): TFDS labels
+# the validation files by their sorted position in its own list, so the first six files get these.
+IMAGENET_VAL_CLASSES = (
+    "n01751748",
+    "n09193705",
+    "n02105855",
+    "n04263257",
+    "n03125729",
+    "n01735189",
+)
+IMAGENET_CMYK = "n01739381_1309.JPEG"  # on TFDS's list of ImageNet's CMYK JPEGs
+IMAGENET_PNG = "n02105855_2933.JPEG"  # ImageNet's one PNG named .JPEG
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetFiles:
+    manual: Path  # ILSVRC2012_img_train.tar (a tar per class inside), ILSVRC2012_img_val.tar
+    folders: Path  # the same images as train/WNID/FILE and val/WNID/FILE (the folder route)
+    tfds: Path  # a data_dir holding imagenet2012/ that TFDS prepared from ``manual``
+    converted: tuple[str, ...] = (IMAGENET_CMYK, IMAGENET_PNG)  # TFDS re-encodes these two
+
+
+def _encoded(rng: np.random.Generator, mode: str, fmt: str = "JPEG") -> bytes:
+    """A noise image of odd size in PIL ``mode``, encoded."""
+    from PIL import Image
+
+    width, height = (int(v) * 2 + 1 for v in rng.integers(17, 45, 2))
+    pixels = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    pixels.convert(mode).save(out, fmt)
+    return out.getvalue()
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def write_imagenet(root: Path) -> tuple[Path, Path]:
+    """ImageNet's manual archives in miniature (7 classes, 2-4 JPEGs each, 6 validation JPEGs;
+    odd sizes, grayscale ones, a CMYK one and the PNG among them), and the same images in the
+    folder layout; returns (manual dir, folder root)."""
+    rng = np.random.default_rng(2012)
+    train: dict[str, dict[str, bytes]] = {}
+    for index, wnid in enumerate(sorted({*IMAGENET_VAL_CLASSES, IMAGENET_CMYK[:9]})):
+        modes = ["L" if index == 0 else "RGB"] + ["RGB"] * (1 + index % 3)
+        train[wnid] = {f"{wnid}_{i + 10}.JPEG": _encoded(rng, m) for i, m in enumerate(modes)}
+    train[IMAGENET_CMYK[:9]][IMAGENET_CMYK] = _encoded(rng, "CMYK")
+    train[IMAGENET_PNG[:9]][IMAGENET_PNG] = _encoded(rng, "RGB", "PNG")
+    val = {
+        f"ILSVRC2012_val_{k + 1:08d}.JPEG": (wnid, _encoded(rng, "L" if k == 1 else "RGB"))
+        for k, wnid in enumerate(IMAGENET_VAL_CLASSES)
+    }
+    manual, folders = root / "manual", root / "folders"
+    manual.mkdir(parents=True)
+    inner = {f"{wnid}.tar": _tar(files) for wnid, files in train.items()}
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar(inner))
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar({k: v for k, (_, v) in val.items()}))
+    for split, files in (
+        ("train", {f"{w}/{f}": d for w, fs in train.items() for f, d in fs.items()}),
+        ("val", {f"{w}/{f}": d for f, (w, d) in val.items()}),
+    ):
+        for name, data in files.items():
+            (folders / split / name).parent.mkdir(parents=True, exist_ok=True)
+            (folders / split / name).write_bytes(data)
+    return manual, folders
+
+
+def _prepare_imagenet(data_dir: Path, manual: Path) -> subprocess.CompletedProcess:
+    """``python -m train.prepare`` in a subprocess (TensorFlow stays out of the test process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "train.prepare", "--data_dir", str(data_dir), "--manual_dir",
+         str(manual)],
+        cwd=ROOT, capture_output=True, text=True, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def prepare_imagenet() -> Callable[[Path, Path], subprocess.CompletedProcess]:
+    """``prepare_imagenet(data_dir, manual_dir)``: ``python -m train.prepare`` in a subprocess."""
+    return _prepare_imagenet
+
+
+@pytest.fixture(scope="session")
+def imagenet(tmp_path_factory, worker_id) -> ImageNetFiles:
+    """The miniature ImageNet, prepared once per test run: the first xdist worker to ask
+    prepares it (under a lock), the others read it."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("preparing imagenet2012 needs TensorFlow: pip install -e '.[prepare]'")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "imagenet"
+    with open(f"{root}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            manual, _ = write_imagenet(root)
+            done = _prepare_imagenet(root / "tfds", manual)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+            (root / "done").write_text(done.stdout)
+    return ImageNetFiles(root / "manual", root / "folders", root / "tfds")
 
 
 # --------------------------------------------------------------------- torchvision references

@@ -14,9 +14,7 @@ import hashlib
 import importlib.util
 import io
 import json
-import logging
 import pickle
-import socket
 import tarfile
 from pathlib import Path
 
@@ -26,59 +24,10 @@ import pytest
 
 from resnet_flax.io import paths
 from train import cli
-from train.checkpoint import CheckpointError, Checkpoints, load_variables
-from train.distributed import make_mesh
+from train.checkpoint import CheckpointError, Checkpoints
 
-emulator = pytest.importorskip("gcp_storage_emulator.server")
-emulator_errors = pytest.importorskip("gcp_storage_emulator.exceptions")
-emulator_objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")
+pytest.importorskip("gcp_storage_emulator.server")
 pytest.importorskip("gcsfs")
-
-BUCKET = "gs://bucket"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _download_with_generation(download):
-    """The emulator's media download, answering with the object's ``x-goog-generation`` header
-    as Cloud Storage does: TensorStore reads an object's generation from it (without it, a
-    cached OCDBT manifest read back fails with "Malformed StorageGeneration")."""
-
-    def wrapped(request, response, storage, *args, **kwargs):
-        try:
-            found = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-            response["x-goog-generation"] = found["generation"]
-        except emulator_errors.NotFound:
-            pass
-        return download(request, response, storage, *args, **kwargs)
-
-    return wrapped
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    """A Cloud Storage server on 127.0.0.1 holding an empty bucket, and the environment that
-    points gcsfs and TensorStore at it (no credentials, no metadata server)."""
-    port = _free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    for chatty in ("gcsfs", "google.auth"):  # "no default credentials", at every bucket
-        logging.getLogger(chatty).setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as env:
-        # objects.get looks download up at call time (alt=media reads, TensorStore's route)
-        env.setattr(
-            emulator_objects, "download", _download_with_generation(emulator_objects.download)
-        )
-        env.setenv("STORAGE_EMULATOR_HOST", url)
-        env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
-        env.setenv("GCE_METADATA_ROOT", "127.0.0.1:1")  # fail fast: no GCE credentials here
-        yield BUCKET
-    server.stop()
 
 
 def _config_module(tmp_path: Path, config) -> Path:
@@ -91,17 +40,7 @@ def _config_module(tmp_path: Path, config) -> Path:
     return path
 
 
-def _records(workdir: paths.PathLike) -> dict[tuple[str, int], dict]:
-    out = {}
-    for line in paths.as_path(workdir).joinpath("metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for volatile in ("time", "images_per_sec"):
-            record.pop(volatile, None)
-        out[record["split"], record["step"]] = record
-    return out
-
-
-def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, tmp_path, tiny_config):
+def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, same_run, tmp_path, tiny_config):
     config = _config_module(tmp_path, tiny_config())
     local, remote = str(tmp_path / "local"), f"{gcs}/runs/tiny"
     assert cli.main(["--config", str(config), "--workdir", local]) == 0
@@ -109,17 +48,7 @@ def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, tmp_path, tiny_config
     assert Checkpoints(f"{remote}/checkpoints", read_only=True).all_steps() == [3]
     assert cli.main(["--config", str(config), "--workdir", remote]) == 0
 
-    mesh = make_mesh()
-    ours, _, step = load_variables(remote, mesh)
-    reference, _, reference_step = load_variables(local, mesh)
-    assert step == reference_step == 8
-    for (key, a), b in zip(
-        jax.tree.leaves_with_path(jax.device_get(ours)),
-        jax.tree.leaves(jax.device_get(reference)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(key))
-    assert _records(remote) == _records(local)
+    same_run(remote, local, steps=8)
 
     run = paths.as_path(remote)
     assert json.loads((run / "config.json").read_text())["name"] == "tiny_config"
@@ -134,15 +63,7 @@ def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, tmp_path, tiny_config
     assert str(png) == f"{remote}/curves.png" and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def _upload(local: Path, remote: str) -> None:
-    for path in local.rglob("*"):
-        if path.is_file():
-            paths.as_path(f"{remote}/{path.relative_to(local).as_posix()}").write_bytes(
-                path.read_bytes()
-            )
-
-
-def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, tmp_path, monkeypatch):
+def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, upload, tmp_path, monkeypatch):
     from PIL import Image
 
     from train.data import cifar, folder_arrays, sources
@@ -155,7 +76,7 @@ def test_image_folder_cifar_archive_and_weights_read_from_gcs(gcs, tmp_path, mon
         for i in range(count):
             image = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
             Image.fromarray(image).save(tmp_path / "folder" / "train" / name / f"{i}.png")
-    _upload(tmp_path / "folder", f"{gcs}/folder")
+    upload(tmp_path / "folder", f"{gcs}/folder")
 
     def arrays(data_dir: str):
         request = Request(data_dir=data_dir, split="train", image_size=16, num_classes=0, seed=0)

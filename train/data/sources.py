@@ -14,6 +14,7 @@ import numpy as np
 
 from resnet_flax.io import paths
 
+from . import imagenet
 from .errors import DataError, require_dir
 from .folder import FolderListing, folder_splits, join, list_folder
 from .tfds_source import TfdsUnavailable, open_tfds, tfds_class_names
@@ -63,6 +64,8 @@ class TfdsSource:
         record = self._source[index]
         name, split, _ = self._args
         source = f"TFDS {name} {split} record {index}"
+        if "file_name" in record:  # imagenet2012's: the file it was prepared from
+            source += f" ({os.fsdecode(record['file_name'])})"
         label = int(record["label"])
         return {"image": record["image"], "label": label, "source": source, "index": index}
 
@@ -77,15 +80,26 @@ def folder_source(data_dir: str | None, split: str) -> FolderSource:
 
 def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSource:
     """ImageNet from TFDS ``imagenet2012`` prepared as array_record in ``data_dir``, else the
-    ImageFolder layout there; errors name the folder and the fix."""
-    fix = (
+    ImageFolder layout there; errors say what is missing and how to prepare it."""
+    either = (
         "Point data_dir at a folder holding TFDS imagenet2012 prepared as array_record, or "
         "train/ and val/ in the ImageFolder layout (<split>/<wnid>/<image>.JPEG)."
     )
-    data_dir = require_dir(data_dir, "imagenet2012", fix)
-    if not paths.as_path(join(data_dir, "imagenet2012")).is_dir():
-        return folder_source(data_dir, split)
+    data_dir = require_dir(data_dir, imagenet.NAME, f"{either} {imagenet.how_to_prepare('DIR')}")
+    if paths.as_path(join(data_dir, imagenet.NAME)).is_dir():
+        try:
+            return TfdsSource(imagenet.NAME, "validation" if split == "val" else split, data_dir)
+        except TfdsUnavailable as error:
+            raise DataError(f"{error}. {imagenet.how_to_prepare(data_dir)}") from error
     try:
-        return TfdsSource("imagenet2012", "validation" if split == "val" else split, data_dir)
-    except TfdsUnavailable as error:
-        raise DataError(f"{error}. {fix}") from error
+        return folder_source(data_dir, split)
+    except DataError as error:
+        manual = imagenet.default_manual_dir(data_dir)
+        files = imagenet.MANUAL_FILES.values()
+        archives = [f for f in files if paths.as_path(join(manual, f)).exists()]
+        if archives:
+            raise DataError(
+                f"{data_dir} holds {' and '.join(archives)} in {manual}, not yet prepared. "
+                f"{imagenet.how_to_prepare(data_dir)}"
+            ) from error
+        raise DataError(f"{error} {either} {imagenet.how_to_prepare(data_dir)}") from error
