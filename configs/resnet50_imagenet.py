@@ -8,8 +8,9 @@ paper normalises over each worker's own 32 images, and its batch-size results de
 random-resized crop + flip at 224. bfloat16 compute. If you change batch_size, set learning_rate to
 0.1 x batch_size / 256.
 
-Data: TFDS ``imagenet2012`` needs the archives downloaded by hand into its manual directory
-(see the TFDS catalog page); ``data_dir`` points TFDS at it.
+Data: TFDS ``imagenet2012``, prepared once from ImageNet's archives (``python -m train.prepare
+--data_dir DATA_DIR``, with the archives in ``DATA_DIR/downloads/manual``), or ``train/`` and
+``val/`` folders; ``data_dir`` points at either.
 """
 
 from __future__ import annotations
