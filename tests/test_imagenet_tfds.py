@@ -27,7 +27,7 @@ from train import cli
 from train.checkpoint import Checkpoints, read_meta
 from train.data import DataError, stream_info
 from train.data.sources import folder_source, imagenet_source
-from train.data.tfds_source import reader_version
+from train.data.tfds_source import readable_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRUNK = [
@@ -156,25 +156,33 @@ def _error(data_dir: Path, split: str = "train") -> str:
 def test_errors_say_what_is_missing_and_how_to_prepare(
     imagenet, prepare_imagenet, tmp_path, capsys
 ):
-    prepared = imagenet.tfds / "imagenet2012" / reader_version("imagenet2012")
+    (prepared,) = (imagenet.tfds / "imagenet2012").iterdir()  # the version TFDS prepares
+    readable = readable_versions("imagenet2012")  # 5.1.0, 5.0.0 in tensorflow-datasets 4.9.10
 
     archives = tmp_path / "archives"  # the archives in place, not prepared
     shutil.copytree(imagenet.manual, archives / "downloads" / "manual")
-    assert "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in _error(archives)
-    assert "not yet prepared" in _error(archives)
+    message = _error(archives)
+    assert "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in" in message
+    assert "not yet prepared: run `python -m train.prepare" in message
 
     nothing = tmp_path / "nothing"  # neither route
     nothing.mkdir()
-    assert "ImageFolder layout" in _error(nothing)
+    assert "holds neither TFDS imagenet2012/ nor train/ and val/ folders" in _error(nothing)
 
     partial = tmp_path / "partial" / "imagenet2012" / "incomplete.AB12CD_5.1.0"
     shutil.copytree(prepared, partial, ignore=shutil.ignore_patterns("dataset_info.json"))
     assert "partly prepared imagenet2012 (incomplete.AB12CD_5.1.0" in _error(partial.parents[1])
 
-    older = tmp_path / "older" / "imagenet2012" / "5.0.0"
-    shutil.copytree(prepared, older)
-    message = _error(older.parents[1])
-    assert "version 5.0.0, but tensorflow-datasets" in message and "reads version 5.1.0" in message
+    # an older version: read if this tensorflow-datasets still reads it, else refused
+    for version in (readable[-1], "3.0.0"):
+        older = tmp_path / version / "imagenet2012" / version
+        shutil.copytree(prepared, older)
+        info = json.loads((older / "dataset_info.json").read_text())
+        (older / "dataset_info.json").write_text(json.dumps(info | {"version": version}))
+    assert stream_info("imagenet2012", str(tmp_path / readable[-1]), "train").size == 22
+    message = _error(tmp_path / "3.0.0")
+    assert "holds imagenet2012 version 3.0.0, which tensorflow-datasets" in message
+    assert f"cannot read (it reads {', '.join(readable)})" in message
 
     tfrecord = tmp_path / "tfrecord" / "imagenet2012" / prepared.name
     shutil.copytree(prepared, tfrecord)

@@ -28,16 +28,24 @@ def default_manual_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "downloads", "manual")
 
 
-def how_to_prepare(data_dir: str) -> str:
-    """The steps that prepare ``imagenet2012`` in ``data_dir``, for error messages."""
+def prepare_command(data_dir: str) -> str:
+    """The command that prepares ``imagenet2012`` in ``data_dir`` from the default manual
+    directory, and TFDS's own equivalent, for error messages."""
     manual = default_manual_dir(data_dir)
+    return (
+        f"`python -m {_TRAIN}.prepare --data_dir {data_dir}` (TensorFlow is needed for this "
+        "step only: pip install 'resnet-flax[prepare]'); TFDS's own "
+        f"`tfds build {NAME} --data_dir {data_dir} --manual_dir {manual} "
+        "--file_format array_record` does the same"
+    )
+
+
+def how_to_prepare(data_dir: str) -> str:
+    """Where the archives go and the command that prepares ``imagenet2012`` in ``data_dir``."""
     files = " and ".join(MANUAL_FILES.values())
     return (
-        f"To prepare it: put {files} (from image-net.org) in {manual}, then run "
-        f"`python -m {_TRAIN}.prepare --data_dir {data_dir}` (TensorFlow is needed for this step "
-        "only: pip install 'resnet-flax[prepare]'); TFDS's own "
-        f"`tfds build {NAME} --data_dir {data_dir} --manual_dir {manual} "
-        "--file_format array_record` does the same."
+        f"To prepare it: put {files} (from image-net.org) in {default_manual_dir(data_dir)}, "
+        f"then run {prepare_command(data_dir)}."
     )
 
 

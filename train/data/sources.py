@@ -91,6 +91,11 @@ def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSour
             return TfdsSource(imagenet.NAME, "validation" if split == "val" else split, data_dir)
         except TfdsUnavailable as error:
             raise DataError(f"{error}. {imagenet.how_to_prepare(data_dir)}") from error
+    if not folder_splits(data_dir):
+        raise DataError(
+            f"{data_dir} holds neither TFDS {imagenet.NAME}/ nor train/ and val/ folders. "
+            f"{either} {imagenet.how_to_prepare(data_dir)}"
+        )
     try:
         return folder_source(data_dir, split)
     except DataError as error:
@@ -99,7 +104,7 @@ def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSour
         archives = [f for f in files if paths.as_path(join(manual, f)).exists()]
         if archives:
             raise DataError(
-                f"{data_dir} holds {' and '.join(archives)} in {manual}, not yet prepared. "
-                f"{imagenet.how_to_prepare(data_dir)}"
+                f"{data_dir} holds {' and '.join(archives)} in {manual}, not yet prepared: run "
+                f"{imagenet.prepare_command(data_dir)}."
             ) from error
-        raise DataError(f"{error} {either} {imagenet.how_to_prepare(data_dir)}") from error
+        raise DataError(f"{error} {either}") from error

@@ -2,9 +2,10 @@
 
 A data set TFDS prepared lives in ``DATA_DIR/NAME/VERSION/``: ``dataset_info.json`` (its
 splits, their shard counts, its file format) beside the shards; an interrupted preparation
-leaves ``DATA_DIR/NAME/incomplete.*`` instead. :func:`open_tfds` reads that folder first, so
-what is missing (a version, a split, shards, the array_record format) is named in the error
-rather than found out from TFDS's own message.
+leaves ``DATA_DIR/NAME/incomplete.*`` instead. :func:`open_tfds` reads that folder first: it
+reads the newest prepared version this tensorflow-datasets can (its default or one it still
+supports), and names what is missing (a version, a split, shards, the array_record format)
+rather than leaving it to TFDS's own message.
 
 On ``gs://``, TFDS's array_record reader opens the shards with its own C++ Cloud Storage client
 (google-cloud-cpp), not with gcsfs: it takes credentials the same way, but a local server must
@@ -37,55 +38,60 @@ def _tfds() -> Any:
     return tfds
 
 
-def reader_version(name: str) -> str:
-    """The version of `name` this tensorflow-datasets reads by default."""
-    return str(_tfds().builder_cls(name).VERSION)
+def readable_versions(name: str) -> list[str]:
+    """The versions of `name` this tensorflow-datasets reads, its default first."""
+    builder = _tfds().builder_cls(name)
+    return [str(v) for v in (builder.VERSION, *builder.SUPPORTED_VERSIONS)]
 
 
-def missing(name: str, split: str, data_dir: str) -> str | None:
-    """What keeps `name`/`split` from being read out of `data_dir` (None: nothing visible)."""
+def prepared_version(name: str, splits: list[str], data_dir: str) -> str:
+    """The version of `name` to read from `data_dir` (the newest prepared one this
+    tensorflow-datasets reads) once it is seen to hold `splits` as array_record; raises
+    TfdsUnavailable saying what is missing."""
     root = paths.as_path(data_dir) / name
     if not root.is_dir():
-        return f"there is no TFDS {name}/ folder in {data_dir}"
+        raise TfdsUnavailable(f"there is no TFDS {name}/ folder in {data_dir}")
     entries = sorted(p.name for p in root.iterdir())
-    versions = [e for e in entries if _VERSION.match(e) and (root / e / INFO).exists()]
-    wanted = reader_version(name)
-    if wanted not in versions:
-        tfds = _tfds()
+    prepared = [e for e in entries if _VERSION.match(e) and (root / e / INFO).exists()]
+    readable = readable_versions(name)
+    usable = [v for v in readable if v in prepared]
+    if not usable:
+        release = f"tensorflow-datasets {_tfds().__version__}"
         started = [e for e in entries if e.startswith("incomplete.") or _VERSION.match(e)]
-        if versions:
-            return (
-                f"{root} holds {name} version {', '.join(versions)}, but tensorflow-datasets "
-                f"{tfds.__version__} reads version {wanted}"
+        if prepared:
+            raise TfdsUnavailable(
+                f"{root} holds {name} version {', '.join(prepared)}, which {release} cannot "
+                f"read (it reads {', '.join(readable)})"
             )
         if started:
-            return (
+            raise TfdsUnavailable(
                 f"{root} holds only a partly prepared {name} ({', '.join(started)}: what an "
                 "interrupted preparation leaves); delete it and prepare again"
             )
-        return f"{root} holds no prepared version of {name}"
-    folder = root / wanted
+        raise TfdsUnavailable(f"{root} holds no prepared version of {name}")
+    folder = root / usable[0]
     info = json.loads((folder / INFO).read_text())
     file_format = info.get("fileFormat", "tfrecord")
     if file_format != "array_record":
-        return (
+        raise TfdsUnavailable(
             f"{folder} is prepared as {file_format}; reading without TensorFlow needs "
-            "array_record (prepare it again with file_format='array_record')"
+            "array_record (delete it and prepare again)"
         )
-    splits = {s["name"]: len(s.get("shardLengths", [])) for s in info.get("splits", [])}
-    if split not in splits:
-        return (
-            f"{folder} has no {split!r} split, only {', '.join(map(repr, splits)) or 'none'} "
-            f"(it was prepared without the {split} files: delete {folder} and prepare again "
-            "with them)"
-        )
-    shards = [p.name for p in folder.glob(f"{name}-{split}.array_record-*")]
-    if len(shards) != splits[split]:
-        return (
-            f"{folder} holds {len(shards)} of the {splits[split]} files of split {split!r}: "
-            "copy the missing ones, or prepare it again"
-        )
-    return None
+    shard_counts = {s["name"]: len(s.get("shardLengths", [])) for s in info.get("splits", [])}
+    for split in splits:
+        if split not in shard_counts:
+            held = ", ".join(map(repr, shard_counts)) or "none"
+            raise TfdsUnavailable(
+                f"{folder} has no {split!r} split, only {held} (it was prepared without the "
+                f"{split} files: delete {folder} and prepare again with them)"
+            )
+        shards = list(folder.glob(f"{name}-{split}.array_record-*"))
+        if len(shards) != shard_counts[split]:
+            raise TfdsUnavailable(
+                f"{folder} holds {len(shards)} of the {shard_counts[split]} files of split "
+                f"{split!r}: copy the missing ones, or prepare it again"
+            )
+    return usable[0]
 
 
 def _point_cpp_client_at_emulator(data_dir: str) -> None:
@@ -100,17 +106,16 @@ def open_tfds(name: str, split: str, data_dir: str | None, *, decode_images: boo
     With decode_images=False, records hold the encoded image bytes (decode them yourself).
     A slice such as ``train[:100]`` is checked as its split, ``train``.
     """
+    versioned = name
     if data_dir is not None:
-        for part in split.split("+"):
-            reason = missing(name, part.partition("[")[0].strip(), data_dir)
-            if reason is not None:
-                raise TfdsUnavailable(reason)
+        splits = [part.partition("[")[0].strip() for part in split.split("+")]
+        versioned = f"{name}:{prepared_version(name, splits, data_dir)}"
         _point_cpp_client_at_emulator(data_dir)
     tfds = _tfds()
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     try:
         return tfds.data_source(
-            name, split=split, data_dir=data_dir, download=False, decoders=decoders
+            versioned, split=split, data_dir=data_dir, download=False, decoders=decoders
         )
     except Exception as error:  # tfds raises many kinds; all mean "not usable here"
         where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
