@@ -18,8 +18,8 @@ from resnet_flax.io import paths
 from .errors import DataError
 
 NAME = "imagenet2012"
-# split -> the archive of image-net.org it is prepared from
 _TRAIN = __package__.rpartition(".")[0]  # train, or resnet_flax.train when installed
+# split -> the archive of image-net.org it is prepared from
 MANUAL_FILES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
 
 

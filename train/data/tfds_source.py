@@ -8,8 +8,8 @@ supports), and names what is missing (a version, a split, shards, the array_reco
 rather than leaving it to TFDS's own message.
 
 On ``gs://``, TFDS's array_record reader opens the shards with its own C++ Cloud Storage client
-(google-cloud-cpp), not with gcsfs: it takes credentials the same way, but a local server must
-be named to it by ``CLOUD_STORAGE_EMULATOR_ENDPOINT``, which is set from gcsfs's
+(google-cloud-cpp), not with gcsfs: it finds Application Default Credentials as gcsfs does, but a
+local server must be named to it by ``CLOUD_STORAGE_EMULATOR_ENDPOINT``, which is set from gcsfs's
 ``STORAGE_EMULATOR_HOST`` when only that is set.
 """
 
