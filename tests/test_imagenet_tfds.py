@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from PIL import Image
 
 from resnet_flax.io import paths
-from train import cli
+from train import cli, loop
 from train.checkpoint import Checkpoints, read_meta
 from train.data import DataError, stream_info
 from train.data.sources import folder_source, imagenet_source
@@ -82,10 +83,11 @@ def test_tfds_labels_are_the_folder_routes_image_by_image(imagenet):
 
 
 def test_resnet50_imagenet_trains_evaluates_and_resumes_exactly(
-    imagenet, whole_run, tmp_path, same_run, run_records
+    imagenet, whole_run, tmp_path, same_run, run_records, monkeypatch
 ):
-    """Streamed from TFDS: evaluated on validation each epoch with top-1 and top-5, stopped
-    mid-epoch, resumed to the same run bit for bit; the classes are the data set's 1000."""
+    """Streamed from TFDS: evaluated on validation each epoch with top-1 and top-5, killed by
+    SIGTERM mid-epoch (at step 3's log line), resumed to the same run bit for bit; the classes
+    are the data set's 1000."""
     evals = {step: r for (split, step), r in run_records(whole_run).items() if split == "eval"}
     assert sorted(evals) == [2, 4]
     for record in evals.values():
@@ -95,7 +97,16 @@ def test_resnet50_imagenet_trains_evaluates_and_resumes_exactly(
     assert meta["num_classes"] == 1000 and len(meta["class_names"]) == 1000
     assert meta["class_names"] == imagenet_source(str(imagenet.tfds), "train").class_names
 
-    assert train(str(imagenet.tfds), tmp_path, "--config.max_steps=3") == 0
+    class SignallingWriter(loop.MetricsWriter):
+        def write(self, split, step, epoch, **metrics):
+            record = super().write(split, step, epoch, **metrics)
+            if split == "train" and step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return record
+
+    monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
+    assert train(str(imagenet.tfds), tmp_path) == 128 + signal.SIGTERM
+    monkeypatch.undo()
     assert Checkpoints(f"{tmp_path}/checkpoints", read_only=True).all_steps() == [2, 3]
     assert train(str(imagenet.tfds), tmp_path) == 0
     same_run(tmp_path, whole_run, steps=4)
@@ -127,8 +138,8 @@ def test_eval_only_reads_it_without_tensorflow(imagenet, whole_run, tmp_path, ru
 
 def test_the_same_from_a_gcs_bucket(imagenet, whole_run, gcs, upload, tmp_path, same_run):
     """The prepared data set in a bucket: TFDS reads its info through gcsfs and its shards
-    through array_record's own Cloud Storage client; stopped, resumed, and the same run as from
-    the local disk; ``--eval_only`` reads it there too."""
+    through array_record's own Cloud Storage client; stopped at step 3 (max_steps), resumed,
+    and the same run as from the local disk; ``--eval_only`` reads it there too."""
     remote = f"{gcs}/tfds"
     upload(imagenet.tfds / "imagenet2012", f"{remote}/imagenet2012")
     assert train(remote, tmp_path, "--config.max_steps=3") == 0
