@@ -107,6 +107,12 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
         work, timeout=900,
     )  # fmt: skip
     assert '"step": 2' in trained.stdout and (work / "run" / "metrics.jsonl").is_file()
+    prepare = subprocess.run(
+        [str(venv / "bin" / "resnet-flax-prepare"), "--data_dir", str(work / "imagenet")],
+        cwd=work, capture_output=True, text=True,
+    )  # fmt: skip
+    assert prepare.returncode == 2, prepare.stderr  # no archives: says where they go, and how
+    assert "python -m resnet_flax.train.prepare --data_dir" in prepare.stderr
 
 
 @pytest.mark.slow
