@@ -4,6 +4,9 @@
   ``config_file`` writes one as JSON for a test's subprocess, which reads it back with
   ``ConfigDict(json.loads(text))``.
 - ``parity``: torchvision reference models and the parity bound the parity tests apply.
+- ``run_records`` and ``same_run``: a run's metrics, and "two workdirs hold the same run".
+- ``gcs`` and ``upload``: a Cloud Storage emulator on 127.0.0.1 as ``gs://bucket``.
+- ``imagenet`` and ``prepare_imagenet``: ImageNet's archives in miniature, prepared by TFDS.
 - A persistent JAX compilation cache per session, so a program compiled by one test is not
   compiled again by the next.
 

@@ -27,29 +27,9 @@ from train.distributed import make_mesh
 from train.state import pretrained_variables
 
 
-def records(workdir: Path) -> dict[tuple[str, int], dict]:
-    """metrics.jsonl, the last record per (split, step), without wall-clock fields."""
-    out = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for volatile in ("time", "images_per_sec"):
-            record.pop(volatile, None)
-        out[record["split"], record["step"]] = record
-    return out
-
-
 def final_variables(workdir: Path):
     variables, meta, step = load_variables(workdir, make_mesh())
     return jax.device_get(variables), meta, step
-
-
-def assert_same_run(a: Path, b: Path, steps: int = 8) -> None:
-    va, _, sa = final_variables(a)
-    vb, _, sb = final_variables(b)
-    assert sa == sb == steps
-    for (path, x), y in zip(jax.tree.leaves_with_path(va), jax.tree.leaves(vb), strict=True):
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-    assert records(a) == records(b)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +38,11 @@ def uninterrupted(tmp_path_factory, tiny_config) -> tuple[Path, dict]:
     return workdir, loop.train_and_evaluate(tiny_config(), workdir)
 
 
-def test_uninterrupted_run(uninterrupted):
+def test_uninterrupted_run(uninterrupted, run_records):
     workdir, result = uninterrupted
     assert result["step"] == 8 and not result["interrupted"]
     assert json.loads((workdir / "config.json").read_text())["name"] == "tiny"
-    lines = records(workdir)
+    lines = run_records(workdir)
     assert sorted(k for k in lines if k[0] == "eval") == [("eval", 4), ("eval", 8)]
     assert sorted(k[1] for k in lines if k[0] == "train") == [2, 4, 6, 8]
     train = lines["train", 8]
@@ -74,17 +54,19 @@ def test_uninterrupted_run(uninterrupted):
     assert kept == sorted({4, 8, result["best_step"]})
 
 
-def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path, tiny_config):
+def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path, tiny_config, same_run):
     """Stopped mid-epoch at step 3 by max_steps, relaunched: bitwise the uninterrupted run."""
     stopped = loop.train_and_evaluate(tiny_config(max_steps=3), tmp_path)
     assert stopped["step"] == 3 and stopped["interrupted"] and stopped["signal"] is None
     assert Checkpoints(tmp_path / "checkpoints", read_only=True).latest_step() == 3
     resumed = loop.train_and_evaluate(tiny_config(), tmp_path)
     assert resumed["step"] == 8 and not resumed["interrupted"]
-    assert_same_run(uninterrupted[0], tmp_path)
+    same_run(uninterrupted[0], tmp_path, steps=8)
 
 
-def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch, tiny_config):
+def test_sigterm_saves_then_resume_is_exact(
+    uninterrupted, tmp_path, monkeypatch, tiny_config, same_run
+):
     """SIGTERM during step 2's logging: checkpoint at step 2, exit; resuming is exact."""
 
     class SignallingWriter(loop.MetricsWriter):
@@ -101,7 +83,7 @@ def test_sigterm_saves_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch
     monkeypatch.undo()
     assert Checkpoints(tmp_path / "checkpoints", read_only=True).all_steps() == [2]
     loop.train_and_evaluate(tiny_config(), tmp_path)
-    assert_same_run(uninterrupted[0], tmp_path)
+    same_run(uninterrupted[0], tmp_path, steps=8)
 
 
 def test_nonfinite_loss_stops_without_saving(tmp_path, tiny_config):
@@ -207,7 +189,7 @@ def test_pretrained_by_tag(tmp_path, monkeypatch):
     assert variables["params"]["fc"]["kernel"].shape == (512, 10)
 
 
-def test_streamed_folder_resumes_exactly(tmp_path, tiny_config):
+def test_streamed_folder_resumes_exactly(tmp_path, tiny_config, same_run):
     """A folder at image_size > 64 streams through grain; resuming mid-epoch is exact too."""
     from PIL import Image
 
@@ -227,7 +209,7 @@ def test_streamed_folder_resumes_exactly(tmp_path, tiny_config):
     assert whole["step"] == 6 and whole["eval"] is not None  # 24 images: 3 steps an epoch
     loop.train_and_evaluate(tiny_config(max_steps=4, **config), tmp_path / "parts")
     loop.train_and_evaluate(tiny_config(**config), tmp_path / "parts")
-    assert_same_run(tmp_path / "whole", tmp_path / "parts", steps=6)
+    same_run(tmp_path / "whole", tmp_path / "parts", steps=6)
 
 
 def test_a_second_trainer_on_a_workdir_is_refused(tmp_path, tiny_config):
