@@ -4,7 +4,8 @@
   ``config_file`` writes one as JSON for a test's subprocess, which reads it back with
   ``ConfigDict(json.loads(text))``.
 - ``parity``: torchvision reference models and the parity bound the parity tests apply.
-- ``run_records`` and ``same_run``: a run's metrics, and "two workdirs hold the same run".
+- ``run_records`` and ``same_run``: a run's metrics, and "two workdirs hold the same run";
+  ``sigterm_after``: a run preempted as it logs a step.
 - ``gcs`` and ``upload``: a Cloud Storage emulator on 127.0.0.1 as ``gs://bucket``.
 - ``imagenet`` and ``prepare_imagenet``: ImageNet's archives in miniature, prepared by TFDS.
 - A persistent JAX compilation cache per session, so a program compiled by one test is not
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -163,6 +165,25 @@ def same_run() -> Callable[..., None]:
         assert run_records(a) == run_records(b)
 
     return check
+
+
+@pytest.fixture
+def sigterm_after(monkeypatch) -> Callable[[int], None]:
+    """``sigterm_after(step)``: the trainer sends itself SIGTERM as it logs train step ``step``
+    (as a scheduler preempting it would); ``monkeypatch.undo()`` disarms it."""
+    from train import loop
+
+    def arm(step: int) -> None:
+        class SignallingWriter(loop.MetricsWriter):
+            def write(self, split, at, epoch, **metrics):
+                record = super().write(split, at, epoch, **metrics)
+                if split == "train" and at == step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return record
+
+        monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
+
+    return arm
 
 
 # --------------------------------------------------------------------- Cloud Storage emulator

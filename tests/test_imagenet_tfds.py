@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from resnet_flax.io import paths
-from train import cli, loop
+from train import cli
 from train.checkpoint import Checkpoints, read_meta
 from train.data import DataError, stream_info
 from train.data.sources import folder_source, imagenet_source
@@ -83,7 +83,7 @@ def test_tfds_labels_are_the_folder_routes_image_by_image(imagenet):
 
 
 def test_resnet50_imagenet_trains_evaluates_and_resumes_exactly(
-    imagenet, whole_run, tmp_path, same_run, run_records, monkeypatch
+    imagenet, whole_run, tmp_path, same_run, run_records, monkeypatch, sigterm_after
 ):
     """Streamed from TFDS: evaluated on validation each epoch with top-1 and top-5, killed by
     SIGTERM mid-epoch (at step 3's log line), resumed to the same run bit for bit; the classes
@@ -97,14 +97,7 @@ def test_resnet50_imagenet_trains_evaluates_and_resumes_exactly(
     assert meta["num_classes"] == 1000 and len(meta["class_names"]) == 1000
     assert meta["class_names"] == imagenet_source(str(imagenet.tfds), "train").class_names
 
-    class SignallingWriter(loop.MetricsWriter):
-        def write(self, split, step, epoch, **metrics):
-            record = super().write(split, step, epoch, **metrics)
-            if split == "train" and step == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return record
-
-    monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
+    sigterm_after(3)
     assert train(str(imagenet.tfds), tmp_path) == 128 + signal.SIGTERM
     monkeypatch.undo()
     assert Checkpoints(f"{tmp_path}/checkpoints", read_only=True).all_steps() == [2, 3]
@@ -146,8 +139,7 @@ def test_the_same_from_a_gcs_bucket(imagenet, whole_run, gcs, upload, tmp_path, 
     assert os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] == os.environ["STORAGE_EMULATOR_HOST"]
     assert train(remote, tmp_path) == 0
     same_run(tmp_path, whole_run, steps=4)
-    assert cli.main(["--config", "resnet50_imagenet", "--workdir", str(tmp_path), "--eval_only",
-                     *SHRUNK, f"--config.data_dir={remote}"]) == 0  # fmt: skip
+    assert train(remote, tmp_path, "--eval_only") == 0
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -8,7 +8,6 @@ most of the compilation.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 from pathlib import Path
@@ -65,18 +64,10 @@ def test_max_steps_then_resume_is_exact(uninterrupted, tmp_path, tiny_config, sa
 
 
 def test_sigterm_saves_then_resume_is_exact(
-    uninterrupted, tmp_path, monkeypatch, tiny_config, same_run
+    uninterrupted, tmp_path, monkeypatch, tiny_config, same_run, sigterm_after
 ):
     """SIGTERM during step 2's logging: checkpoint at step 2, exit; resuming is exact."""
-
-    class SignallingWriter(loop.MetricsWriter):
-        def write(self, split, step, epoch, **metrics):
-            record = super().write(split, step, epoch, **metrics)
-            if split == "train" and step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return record
-
-    monkeypatch.setattr(loop, "MetricsWriter", SignallingWriter)
+    sigterm_after(2)
     stopped = loop.train_and_evaluate(tiny_config(), tmp_path)
     assert stopped["step"] == 2 and stopped["interrupted"] and stopped["signal"] == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
