@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from .data import DataError
-from .data.imagenet import NAME, default_manual_dir, prepare
+from .data.imagenet import NAME, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "--manual_dir", help="the folder holding the archives (default DATA_DIR/downloads/manual)"
     )
     args = parser.parse_args(argv)
-    manual_dir = args.manual_dir or default_manual_dir(args.data_dir)
     try:
-        folder = prepare(args.data_dir, manual_dir)
+        folder = prepare(args.data_dir, args.manual_dir)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

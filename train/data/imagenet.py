@@ -28,6 +28,12 @@ def default_manual_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "downloads", "manual")
 
 
+def archives_in(manual_dir: str) -> dict[str, str]:
+    """The archives ``manual_dir`` holds, by the split each is prepared into."""
+    folder = paths.as_path(manual_dir)
+    return {split: file for split, file in MANUAL_FILES.items() if (folder / file).exists()}
+
+
 def prepare_command(data_dir: str) -> str:
     """The command that prepares ``imagenet2012`` in ``data_dir`` from the default manual
     directory, and TFDS's own equivalent, for error messages."""
@@ -55,13 +61,13 @@ def prepare(data_dir: str, manual_dir: str | None = None) -> str:
     split alone is prepared (with a warning); a DataError without the validation archive (TFDS
     needs it for either split) or without TensorFlow."""
     manual_dir = manual_dir or default_manual_dir(data_dir)
-    absent = {s: f for s, f in MANUAL_FILES.items() if not (paths.as_path(manual_dir) / f).exists()}
-    if "validation" in absent:  # TFDS labels the validation files before it looks for train
+    present = archives_in(manual_dir)
+    if "validation" not in present:  # TFDS labels the validation files before it looks for train
         raise DataError(
             f"{manual_dir} has no {MANUAL_FILES['validation']}, which TFDS's {NAME} builder "
             f"reads even to prepare the train split alone. {how_to_prepare(data_dir)}"
         )
-    if "train" in absent:
+    if "train" not in present:
         message = f"{MANUAL_FILES['train']} is not in {manual_dir}: no train split."
         warnings.warn(message, stacklevel=2)
     if importlib.util.find_spec("tensorflow") is None:

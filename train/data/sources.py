@@ -48,6 +48,7 @@ class TfdsSource:
     def __init__(self, name: str, split: str, data_dir: str | None):
         self._args = (name, split, data_dir)
         self._source = open_tfds(name, split, data_dir, decode_images=False)
+        self._version = str(self._source.dataset_info.version)  # checked: not again per process
         self._length = len(self._source)
         self.class_names = tfds_class_names(self._source)
         self.num_classes = len(self.class_names)
@@ -60,7 +61,7 @@ class TfdsSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._source is None:
-            self._source = open_tfds(*self._args, decode_images=False)
+            self._source = open_tfds(*self._args, decode_images=False, version=self._version)
         record = self._source[index]
         name, split, _ = self._args
         source = f"TFDS {name} {split} record {index}"
@@ -100,11 +101,10 @@ def imagenet_source(data_dir: str | None, split: str) -> FolderSource | TfdsSour
         return folder_source(data_dir, split)
     except DataError as error:
         manual = imagenet.default_manual_dir(data_dir)
-        files = imagenet.MANUAL_FILES.values()
-        archives = [f for f in files if paths.as_path(join(manual, f)).exists()]
-        if archives:
+        if archives := imagenet.archives_in(manual):
             raise DataError(
-                f"{data_dir} holds {' and '.join(archives)} in {manual}, not yet prepared: run "
+                f"{data_dir} holds {' and '.join(archives.values())} in {manual}, not yet "
+                "prepared: run "
                 f"{imagenet.prepare_command(data_dir)}."
             ) from error
         raise DataError(f"{error} {either}") from error

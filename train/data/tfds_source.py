@@ -100,16 +100,26 @@ def _point_cpp_client_at_emulator(data_dir: str) -> None:
         os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = os.environ["STORAGE_EMULATOR_HOST"]
 
 
-def open_tfds(name: str, split: str, data_dir: str | None, *, decode_images: bool = True) -> Any:
+def open_tfds(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    *,
+    decode_images: bool = True,
+    version: str | None = None,
+) -> Any:
     """The random-access TFDS source of `name`/`split`; raises TfdsUnavailable when unprepared.
 
     With decode_images=False, records hold the encoded image bytes (decode them yourself).
-    A slice such as ``train[:100]`` is checked as its split, ``train``.
+    In a ``data_dir``, the version read is :func:`prepared_version`'s, checked first (a slice
+    such as ``train[:100]`` as its split, ``train``), unless ``version`` names one already
+    checked, as a worker process reopening a source does.
     """
-    versioned = name
+    versioned = name if version is None else f"{name}:{version}"
     if data_dir is not None:
-        splits = [part.partition("[")[0].strip() for part in split.split("+")]
-        versioned = f"{name}:{prepared_version(name, splits, data_dir)}"
+        if version is None:
+            splits = [part.partition("[")[0].strip() for part in split.split("+")]
+            versioned = f"{name}:{prepared_version(name, splits, data_dir)}"
         _point_cpp_client_at_emulator(data_dir)
     tfds = _tfds()
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
