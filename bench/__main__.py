@@ -10,8 +10,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from bench import contestants, loader
+from bench.provenance import machine
 from bench.timing import interleaved, median
-from resnet_flax.cpu import onednn
 from resnet_flax.models.layers import compiler_options
 from train.data.augment import augment_cifar
 
@@ -44,44 +42,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     return args
-
-
-def machine() -> dict[str, Any]:
-    import flax
-    import PIL
-
-    info = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "jax_devices": [d.device_kind for d in jax.local_devices()],
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "pillow": PIL.__version__,
-        "compiler_options": compiler_options("auto"),  # ours: the trainer's kernels
-        "onednn": onednn.version(),  # None: the CPU convolutions are XLA's own
-        "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
-    }
-    try:
-        import torch
-        import torchvision
-
-        info |= {"torch": torch.__version__, "torchvision": torchvision.__version__}
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def row(section, shape, unit, per_call, times, items) -> list[dict[str, Any]]:

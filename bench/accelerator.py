@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from bench import contestants
-from bench.__main__ import machine
+from bench.provenance import machine
 from bench.timing import interleaved, median
 
 

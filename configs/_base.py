@@ -14,22 +14,25 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = ""  # set by the loader: the config's file name, e.g. 'resnet18_cifar'
 
-    # Model: a name from resnet_flax.list_models() and extra create_model options
-    # (e.g. zero_init_residual); num_classes, dtype and the BatchNorm axis come from the keys
-    # below, not from model_options.
-    config.model = "resnet18_cifar"
+    # --- Model ---
+
+    config.model = "resnet18_cifar"  # a name from resnet_flax.list_models()
+    # Extra create_model options (e.g. zero_init_residual); num_classes, dtype and the
+    # BatchNorm axis come from the keys below, not from here.
     config.model_options = ml_collections.ConfigDict()
-    config.pretrained = ""  # '' = random init; a torchvision .pth/.safetensors file or a run's
-    # checkpoint directory. Paths here may be gs:// or any scheme resnet_flax/io/paths.py serves.
+    # '' = random init; a weights tag (resnet34.tv_in1k), a torchvision .pth/.safetensors
+    # file or a run's checkpoint directory, on any filesystem resnet_flax/io/paths.py serves.
+    config.pretrained = ""
     config.freeze_backbone = False  # True: train the head only (needs pretrained)
 
-    # Data. num_classes 0 = the data set's own class count (folder: the class folders).
+    # --- Data ---
+
     config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012, folder, digits, fake
     config.data_dir = ""  # '' = the data set's default location (TFDS, scikit-learn)
     config.train_split = "train"  # TFDS-style slices work: 'train[:45000]'
-    config.eval_split = "test"
-    config.image_size = 32
-    config.num_classes = 10
+    config.eval_split = "test"  # evaluated every eval_every_epochs, and by --eval_only
+    config.image_size = 32  # the side of the square training and evaluation crops
+    config.num_classes = 10  # 0 = the data set's own class count (folder: the class folders)
     config.augment = True  # CIFAR-size: pad-4 crop + flip; larger: random-resized crop + flip
     config.flip_tta = False  # evaluation averages the softmax of the image and its mirror
     # Decoding processes for streamed data sets: -1 sizes them from the host's cores and
@@ -40,17 +43,18 @@ def get_config() -> ml_collections.ConfigDict:
     # datasets do) and an evaluation example is left out, each named in a warning with a count.
     config.skip_bad_images = False
 
-    # Optimisation. batch_size is global (all devices); the schedule counts in epochs.
-    config.num_epochs = 200
-    config.batch_size = 128
-    config.eval_batch_size = 256
+    # --- Optimisation ---
+
+    config.num_epochs = 200  # the schedule counts in epochs
+    config.batch_size = 128  # global: split over every device of every host
+    config.eval_batch_size = 256  # global
     config.optimizer = "sgd"  # sgd | adamw
     config.learning_rate = 0.1  # peak rate, reached after warmup
     config.momentum = 0.9  # SGD only
     config.nesterov = False  # SGD only
     config.weight_decay = 5e-4  # SGD: coupled L2 as torch.optim.SGD; AdamW: decoupled
     config.decay_norm_and_bias = True  # False: no decay on BatchNorm scale/bias and biases
-    config.label_smoothing = 0.0
+    config.label_smoothing = 0.0  # 0.1 spreads 10% of each target over all classes
     config.lr_schedule = "cosine"  # cosine | piecewise | onecycle | constant
     config.warmup_epochs = 0.0  # linear warmup from 0 (onecycle: its rising phase)
     config.lr_boundaries = ()  # piecewise: epochs at which the rate is multiplied ...
@@ -65,14 +69,15 @@ def get_config() -> ml_collections.ConfigDict:
     # (Cloud TPU pods, GKE, SLURM, Open MPI); on TPU hosts it is tried anyway, and the
     # JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables always count.
     config.distributed = False
-    config.seed = 0
+    config.seed = 0  # initialisation, shuffling, augmentation and dropout
 
-    # Checkpoints, evaluation, logging.
+    # --- Checkpoints, evaluation, logging ---
+
     config.checkpoint = ""  # --eval_only: '' = the latest checkpoint in the workdir, or a path
     config.keep_checkpoints = 2  # the latest N ...
     config.keep_best = 1  # ... plus the best N by eval accuracy
     config.checkpoint_every_steps = 0  # 0 = at the end of each epoch
-    config.eval_every_epochs = 1
-    config.log_every_steps = 100
+    config.eval_every_epochs = 1  # evaluate on eval_split every N epochs and at the end
+    config.log_every_steps = 100  # a train line in metrics.jsonl every N steps
     config.max_steps = 0  # stop after this many steps (0 = no limit; tests and benchmarks)
     return config

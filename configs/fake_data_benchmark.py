@@ -10,6 +10,10 @@ import ml_collections
 
 from . import _base
 
+# What a published run of this recipe reached ('' = none published); the docs' table of
+# configurations shows it beside what `python -m bench.runs` measured.
+REFERENCE = ""
+
 
 def get_config() -> ml_collections.ConfigDict:
     """ResNet-50, fake ImageNet-size data, batch 256, 60 steps."""

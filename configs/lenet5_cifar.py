@@ -11,6 +11,10 @@ import ml_collections
 
 from . import _base
 
+# What a published run of this recipe reached ('' = none published); the docs' table of
+# configurations shows it beside what `python -m bench.runs` measured.
+REFERENCE = ""
+
 
 def get_config() -> ml_collections.ConfigDict:
     """LeNet-5 on CIFAR-10, 50 epochs."""

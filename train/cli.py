@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 
@@ -22,9 +21,9 @@ import ml_collections
 from resnet_flax.io import paths
 
 from .config import (
-    CONFIG_DIR,
     ConfigError,
     apply_overrides,
+    documented_keys,
     list_configs,
     load_config,
     validate,
@@ -40,7 +39,6 @@ override any config key: {PREFIX}KEY=VALUE (values are JSON or Python literals, 
 
 configs: {", ".join(list_configs())}
 """
-_KEY_LINE = re.compile(r"^    config\.(\w+) = (.+?)(?:  # (.*))?$")
 
 
 def program(module: str, script: str) -> str:
@@ -52,14 +50,10 @@ def program(module: str, script: str) -> str:
 
 def config_keys() -> str:
     """Every config key, its default and its meaning, from the defaults' own source."""
-    lines, above = [], []  # the comment block right above a key explains it too
-    for line in (CONFIG_DIR / "_base.py").read_text().splitlines():
-        match = _KEY_LINE.match(line)
-        if match:
-            key, default, meaning = match.groups()
-            meaning = meaning or " ".join(above)
-            lines.append(f"  {key}={default}" + (f"  ({meaning})" if meaning else ""))
-        above = [*above, line.strip()[2:]] if line.strip().startswith("# ") else []
+    lines = [
+        f"  {key}={default}" + (f"  ({meaning})" if meaning else "")
+        for key, default, meaning in documented_keys()
+    ]
     return "config keys (default, meaning):\n" + "\n".join(lines) + "\n"
 
 

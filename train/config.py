@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +53,22 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Every key with its default (``resnet_flax.configs._base.get_config()``)."""
     return _base.get_config()
+
+
+_KEY_LINE = re.compile(r"^    config\.(\w+) = (.+?)(?:  # (.*))?$")
+
+
+def documented_keys() -> list[tuple[str, str, str]]:
+    """Every config key as ``(key, default as written, meaning)``, read from ``_base.py``'s own
+    source: the comment block right above a key and the comment after it explain it."""
+    keys, above = [], []
+    for line in (CONFIG_DIR / "_base.py").read_text().splitlines():
+        if match := _KEY_LINE.match(line):
+            key, default, after = match.groups()
+            keys.append((key, default, " ".join([*above, after or ""]).strip()))
+        stripped = line.strip()
+        above = [*above, stripped[2:]] if stripped.startswith("# ") else []
+    return keys
 
 
 def list_configs() -> list[str]:
