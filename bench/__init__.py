@@ -1,1 +1,1 @@
-"""Side-by-side speed benchmarks: ``python -m bench`` (see README, "Performance")."""
+"""Side-by-side speed benchmarks: ``python -m bench`` (the docs' Performance page is generated from its results)."""

@@ -5,11 +5,10 @@
    bfloat16 autocast, ``torch.compile``), side by side in interleaved rounds.
 2. ResNet-50 eval forward, images/s, the same three.
 3. ``resnet18_cifar_fast`` trained on the real CIFAR-10 JPEGs (``--cifar-dir``, the ImageFolder
-   copy from ``../shared``): wall time from the start of the run (compilation and data
+   copy of CIFAR-10): wall time from the start of the run (compilation and data
    loading included) to the first evaluation at ``--target`` accuracy, and the final accuracy.
 
-Installs nothing: on a machine that has JAX, ``pip install --no-deps -e .`` (README,
-"Accelerators"). Writes one JSON file and prints a table.
+Installs nothing: on a machine that has JAX, ``pip install --no-deps -e .``. Writes one JSON file and prints a table.
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@ parity bounds are float32 CPU bounds, and ``impl="cpu"`` needs the CPU backend. 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import hashlib
+import http.server
 import importlib.util
 import io
 import json
@@ -32,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported
 
@@ -187,6 +191,57 @@ def sigterm_after(monkeypatch) -> Callable[[int], None]:
 
 
 # --------------------------------------------------------------------- Cloud Storage emulator
+
+
+class _HuggingFace(http.server.BaseHTTPRequestHandler):
+    """The hub's file-resolve route, /REPO/resolve/REVISION/FILE, for one file."""
+
+    files: dict[str, bytes] = {}
+
+    def _answer(self, body: bool) -> None:
+        path = self.path.split("?")[0]
+        data = type(self).files.get(path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._answer(body=False)
+
+    def do_GET(self):
+        self._answer(body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def hugging_face_server(files: dict[str, bytes]):
+    """The Hugging Face hub's file-resolve route on 127.0.0.1, serving ``files`` (route ->
+    bytes, e.g. ``/timm/resnet18d.ra2_in1k/resolve/main/model.safetensors``); yields the
+    address for ``HF_ENDPOINT``."""
+    handler = type("Files", (_HuggingFace,), {"files": files})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture(scope="session", name="hugging_face_server")
+def hugging_face_server_fixture():
+    """:func:`hugging_face_server`, for the test modules."""
+    return hugging_face_server
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ pytestmark = [
 HIGHEST_BOUND = 1e-4
 # At the default precision a GPU multiplies in TF32 (unit round-off 2^-11) and a TPU in
 # bfloat16 passes; a bound from those round-offs over resnet50's depth, not yet measured on
-# a device (README, "Accelerators").
+# a device (docs/training.md, "Accelerators").
 DEFAULT_BOUND = 5e-2
 
 

@@ -29,7 +29,7 @@ def test_nnx_module_evaluates_trains_and_round_trips():
         np.testing.assert_array_equal(a, b)  # the BatchNorm state was updated in place
     assert set(state) == {"params", "batch_stats"}  # no intermediates piled up
 
-    # the README's fine-tuning loop
+    # the NNX page's training loop (docs/nnx.md)
     optimizer = nnx.Optimizer(module, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
 
     @nnx.jit

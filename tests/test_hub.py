@@ -241,55 +241,19 @@ def test_predict_takes_a_tag(published, tmp_path, capsys):
     assert "unknown weights tag 'resnet18.tv9_in1k'" in capsys.readouterr().err
 
 
-class _HuggingFace(http.server.BaseHTTPRequestHandler):
-    """The hub's file-resolve route, /REPO/resolve/REVISION/FILE, for one file."""
-
-    files: dict[str, bytes] = {}
-
-    def _answer(self, body: bool) -> None:
-        path = self.path.split("?")[0]
-        data = type(self).files.get(path)
-        if data is None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("X-Repo-Commit", "0" * 40)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def do_HEAD(self):
-        self._answer(body=False)
-
-    def do_GET(self):
-        self._answer(body=True)
-
-    def log_message(self, *args):
-        pass
-
-
 @contextlib.contextmanager
-def _hugging_face(files: dict[str, bytes], tmp_path, monkeypatch):
+def _hugging_face(files: dict[str, bytes], tmp_path, monkeypatch, hugging_face_server):
     """A hub serving ``files`` (route -> bytes) on 127.0.0.1, huggingface_hub pointed at it
     with a cache of its own under ``tmp_path``."""
-    _HuggingFace.files = files
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+    with hugging_face_server(files) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
         yield
-    finally:
-        httpd.shutdown()
 
 
-def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
+def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch, hugging_face_server):
     from resnet_flax.io.convert import export_torchvision
     from resnet_flax.io.pth import write_safetensors
 
@@ -305,7 +269,7 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
             tmp_path / "plain.safetensors"
         ).read_bytes(),
     }
-    with _hugging_face(files, tmp_path, monkeypatch):
+    with _hugging_face(files, tmp_path, monkeypatch, hugging_face_server):
         model, loaded = resnet_flax.load_pretrained("resnet18d.ra2_in1k")
         _assert_same(loaded, variables)
         _, again = resnet_flax.load_pretrained("resnet18d")  # DEFAULT: timm's first
@@ -322,7 +286,9 @@ def test_a_timm_tag_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
         resnet_flax.load_pretrained("resnet50d", "a9_in1k")
 
 
-def test_a_transformers_repository_id_comes_from_the_hugging_face_hub(tmp_path, monkeypatch):
+def test_a_transformers_repository_id_comes_from_the_hugging_face_hub(
+    tmp_path, monkeypatch, hugging_face_server
+):
     """``load_pretrained("microsoft/resnet-18")``: config.json and model.safetensors through
     huggingface_hub, as a save_pretrained folder would give them (tests/test_transformers.py
     checks those folders against transformers itself)."""
@@ -336,7 +302,7 @@ def test_a_transformers_repository_id_comes_from_the_hugging_face_hub(tmp_path, 
     files = {
         repo + name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")
     }
-    with _hugging_face(files, tmp_path, monkeypatch):
+    with _hugging_face(files, tmp_path, monkeypatch, hugging_face_server):
         model, loaded = resnet_flax.load_pretrained("microsoft/resnet-18")
         assert model.num_classes == 3
         _assert_same(loaded, variables)

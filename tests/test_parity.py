@@ -20,7 +20,8 @@ train mode (resnet101, 99x99, batch 2), and ours is as close to float64 as torch
 the conftest init torch float32 vs float64 is 1.6e-6 and ours vs torch 1.7e-6 (same case).
 
 Set RESNET_FLAX_PARITY_REPORT=path.json to write the measured worst case per model (into what
-the file holds: remove it first for a fresh report).
+the file holds: remove it first for a fresh report), with the machine, the date and the
+command; the docs' model table is generated from ``docs/data/parity.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 import pytest
 
 import resnet_flax
+from bench.provenance import machine
 from resnet_flax.io.convert import export_torchvision, load_torchvision, torch_key
 from resnet_flax.models.registry import count_parameters
 
@@ -76,6 +78,9 @@ def _report():
             f.seek(0)
             report = json.loads(f.read() or "{}")
             report.update(_REPORT)
+            # where the figures come from: the docs print it under the model table
+            command = f"RESNET_FLAX_PARITY_REPORT={path} python -m pytest tests/test_parity.py"
+            report["_meta"] = machine(command)
             f.seek(0)
             f.truncate()
             json.dump(report, f, indent=1, sort_keys=True)

@@ -1,7 +1,7 @@
 """oneDNN convolutions for XLA:CPU, called through the XLA FFI.
 
-XLA:CPU's convolutions run well short of PyTorch's on the backward pass (README,
-"Performance"). PyTorch's CPU convolutions are oneDNN's, so this module runs the same oneDNN
+XLA:CPU's convolutions run well short of PyTorch's on the backward pass (the side-by-side
+bench, ``python -m bench``, shows by how much). PyTorch's CPU convolutions are oneDNN's, so this module runs the same oneDNN
 kernels inside the jitted XLA program: :func:`conv_general_dilated` is
 ``lax.conv_general_dilated`` (NHWC/HWIO, float32) whose forward, input gradient and kernel
 gradient are three XLA FFI custom calls. The handlers are ``ctypes`` callbacks into ``libdnnl``
