@@ -61,11 +61,14 @@ def model_table() -> str:
             best_cell = (
                 f"{best.top1:.3f} (`{best.suffix}`, {best.test_crop_size or best.crop_size})"
             )
-        if name in report:
-            parity = f"{max(report[name].values()):.1e}"
+        measured_here = dict(report.get(name, {}))
+        params = measured_here.pop("parameters", None)  # the reference's own count
+        if measured_here:
+            parity = f"{max(measured_here.values()):.1e}"
         else:
             parity = "not measured" if name in measured else "- (ours)"
-        params = count_parameters(resnet_flax.create_model(name))
+        if params is None:  # ours, or not in the report: counted from the model
+            params = count_parameters(resnet_flax.create_model(name))
         lines.append(f"| `{name}` | {params:,} | {tv or '-'} | {best_cell} | {parity} |")
     return "\n".join(lines) + "\n\n" + _provenance(meta, PARITY)
 

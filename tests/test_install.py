@@ -4,7 +4,8 @@ the checkout. The core install first (models, converters, inference), then the [
 Then the project installed with ``--no-deps`` next to a JAX that is already there, the
 oldest releases ``pyproject.toml`` admits (the newest are what the test command installs).
 
-Slow (pip installs, from PyPI or pip's cache), so marked ``slow``; CI runs it.
+Slow (pip installs, from PyPI or pip's cache), so marked ``slow``; CI runs it. pip installs
+with ``--no-compile``: Python compiles what a run imports, not every file of every package.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ TRAIN_REST = ["ml_collections", "tensorflow-datasets", "importlib_resources", "g
               "safetensors", "pillow", "tqdm"]  # fmt: skip
 
 
-def build_wheel(dist: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built once for the module's tests."""
+    dist = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], ROOT)
-    (wheel,) = dist.glob("resnet_flax-*.whl")
-    return wheel
+    (built,) = dist.glob("resnet_flax-*.whl")
+    return built
 
 
 def run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
@@ -70,10 +74,9 @@ def run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_wheel_works_outside_the_checkout(tmp_path):
-    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
+def test_the_wheel_works_outside_the_checkout(tmp_path, wheel):
+    venv, work = tmp_path / "venv", tmp_path / "work"
     work.mkdir()
-    wheel = build_wheel(dist)
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.startswith("resnet_flax-")}
     assert top_level == {"resnet_flax"}, "no generic top-level names in site-packages"
@@ -84,7 +87,8 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
 
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     python = venv / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "-q", str(wheel)], work, timeout=1200)
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-compile"]
+    run([*pip, str(wheel)], work, timeout=1200)
     run([str(python), "-c", ROUND_TRIP], work)
     assert (
         "usage: python -m resnet_flax.predict"
@@ -100,7 +104,11 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     )  # fmt: skip
     assert missing.returncode != 0 and "pip install 'resnet-flax[train]'" in missing.stderr
 
-    run([str(python), "-m", "pip", "install", "-q", f"{wheel}[train]"], work, timeout=1200)
+    run(
+        [str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[train]"],
+        work,
+        timeout=1200,
+    )
     trained = run(
         [str(venv / "bin" / "resnet-flax-train"), "--config", "resnet20_digits",
          "--config.max_steps=2", "--workdir", str(work / "run")],
@@ -116,16 +124,19 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_deps_install_next_to_the_oldest_supported_jax(tmp_path):
+def test_no_deps_install_next_to_the_oldest_supported_jax(tmp_path, wheel):
     """A machine that has JAX already (as the lent GPU machine, which has no network):
     ``pip install --no-deps`` of the project gives a working trainer on what is there."""
     venv, work = tmp_path / "venv", tmp_path / "work"
     work.mkdir()
-    wheel = build_wheel(tmp_path / "dist")
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     python = venv / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "-q", *OLDEST, *TRAIN_REST], work, timeout=1200)
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], work)
+    run(
+        [str(python), "-m", "pip", "install", "-q", "--no-compile", *OLDEST, *TRAIN_REST],
+        work,
+        timeout=1200,
+    )
+    run([str(python), "-m", "pip", "install", "-q", "--no-compile", "--no-deps", str(wheel)], work)
     versions = "import jax, flax; print(jax.__version__, flax.__version__)"
     versions = run([str(python), "-c", versions], work).stdout.split()
     assert versions == ["0.9.2", "0.12.6"]

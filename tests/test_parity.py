@@ -125,7 +125,8 @@ def test_parity(name: str, parity) -> None:
     model, variables = load_torchvision(name, state, **parity.options(name))
     report = _REPORT.setdefault(name, {})
     # the parameter count is the reference's (torch's parameters(), not its buffers)
-    assert count_parameters(model) == sum(p.numel() for p in tmodel.parameters()), name
+    report["parameters"] = sum(p.numel() for p in tmodel.parameters())
+    assert count_parameters(model) == report["parameters"], name
 
     # import -> export returns identical arrays (num_batches_tracked included)
     exported = export_torchvision(name, variables)
@@ -212,7 +213,8 @@ def test_parity_largest(parity) -> None:
         state = {k: v.detach().numpy() if k in parameters else v.detach().numpy().copy()
                  for k, v in tmodel.state_dict().items()}  # fmt: skip
         model, variables = load_torchvision(name, state)
-        assert count_parameters(model) == sum(p.numel() for p in parameters.values()), name
+        count = sum(p.numel() for p in parameters.values())
+        assert count_parameters(model) == count, name
         size = small_size(name)
         x = np.random.default_rng(0).standard_normal((2, size, size, 3), dtype=np.float32)
         with torch.no_grad():
@@ -235,7 +237,7 @@ def test_parity_largest(parity) -> None:
             default=0.0,
         )  # fmt: skip
         assert worst <= parity.BOUND, f"{name} running stats: relative error {worst:.2e}"
-        _REPORT[name] = {f"eval_{size}": eval_err, f"train_{size}": train_err}
+        _REPORT[name] = {f"eval_{size}": eval_err, f"train_{size}": train_err, "parameters": count}
         _REPORT[name] |= {f"stats_{size}": worst} if stats else {}
         del model, variables, updated
         gc.collect()
