@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,29 @@ def test_bench_quick_run_writes_table_and_json(tmp_path):
     assert "one GPU consuming 3,000 img/s needs" in done.stdout
     assert all(r["value"] > 0 for r in results["records"])
     assert results["machine"]["compiler_options"] == compiler_options("cpu")
+    assert results["machine"]["command"] == f"python -m bench {' '.join(args)}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", results["machine"]["date"])
+
+
+def test_runs_record_what_a_configuration_reached_with_machine_date_and_command(tmp_path):
+    """``python -m bench.runs``: the trainer's own command, its final and best evaluation, the
+    training time, and where the figure comes from; results merge into the file."""
+    out = tmp_path / "runs.json"
+    out.write_text(json.dumps({"other": {"accuracy": 0.5}}))
+    args = ["resnet20_digits", "--out", str(out), "--config.train_split=train[:128]",
+            "--config.num_epochs=1", "--config.image_size=16"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.runs", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    assert runs["other"] == {"accuracy": 0.5}
+    run = runs["resnet20_digits"]
+    assert 0 <= run["accuracy"] <= run["best_accuracy"] <= 1 and run["steps"] == 1
+    assert run["train_s"] > 0 and "setup_s" not in run
+    assert run["overrides"] == args[3:]
+    assert run["machine"]["command"] == f"python -m bench.runs {' '.join(args)}"
+    assert run["machine"]["cores"] and run["machine"]["date"]
 
 
 def test_the_peers_build_he_et_al_cifar_resnets_as_ours():

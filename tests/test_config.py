@@ -15,6 +15,7 @@ from train.config import (
     ConfigError,
     apply_overrides,
     base_config,
+    documented_keys,
     list_configs,
     load_config,
     override,
@@ -423,3 +424,11 @@ def test_an_unreachable_object_store_fails_fast(tmp_path, monkeypatch, capsys) -
     assert code == 2 and time.perf_counter() - start < 10
     err = capsys.readouterr().err
     assert "gs://bucket/run: cannot reach http://127.0.0.1:9" in err and "STORAGE_EMULATOR" in err
+
+
+def test_every_config_key_has_a_meaning_in_the_defaults_source():
+    """``_base.py`` documents each key where it is set; ``--help`` and the docs read it there."""
+    keys = documented_keys()
+    assert sorted(key for key, _, _ in keys) == sorted(base_config().keys())
+    assert [key for key, _, meaning in keys if not meaning] == []
+    assert dict((k, m) for k, _, m in keys)["batch_size"].startswith("global")
