@@ -167,7 +167,8 @@ def test_every_block_runs_as_written(
                     f"\n{result.stderr[-3000:]}"
                 )
                 ran += 1
-    assert ran == sum(reason is None for *_, reason in blocks(page)) or ran, page.name
+    # a page with blocks to run ran commands (pip-only blocks are checked, not run)
+    assert ran or all(reason is not None for *_, reason in blocks(page)), page.name
 
 
 def test_the_readme_keeps_its_shape():
