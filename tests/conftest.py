@@ -8,8 +8,8 @@
   ``sigterm_after``: a run preempted as it logs a step.
 - ``gcs`` and ``upload``: a Cloud Storage emulator on 127.0.0.1 as ``gs://bucket``.
 - ``imagenet`` and ``prepare_imagenet``: ImageNet's archives in miniature, prepared by TFDS.
-- A persistent JAX compilation cache per session, so a program compiled by one test is not
-  compiled again by the next.
+- One persistent JAX compilation cache for the session's workers and the subprocesses they
+  start, so a program compiled by one test is not compiled again by the next.
 
 The tests run on the CPU whatever the machine has (``JAX_PLATFORMS=cpu`` unless set): the
 parity bounds are float32 CPU bounds, and ``impl="cpu"`` needs the CPU backend. The
@@ -53,11 +53,26 @@ PARITY_BOUND = 1e-4  # max |ours - torchvision| / max(1, max |torchvision|)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+def compilation_cache(tmp_path_factory, worker_id):
+    """One cache for every worker of the session and every subprocess a test starts (they
+    read it from the environment). A size limit makes JAX lock the folder, which these
+    processes share."""
+    base = tmp_path_factory.getbasetemp()
+    folder = str((base.parent if worker_id != "master" else base) / "jax_cache")
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": folder,
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
+    }
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
     yield
-    jax.config.update("jax_compilation_cache_dir", previous)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = value
 
 
 def make_tiny_config(check: bool = True, **overrides):

@@ -113,18 +113,8 @@ def hub_files(tmp_path_factory) -> dict[str, bytes]:
     return served
 
 
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory, worker_id) -> str:
-    """One JAX compilation cache for every block of every page, all workers alike: the blocks
-    compile the same small programs."""
-    base = tmp_path_factory.getbasetemp()
-    return str((base.parent if worker_id != "master" else base) / "docs-jax-cache")
-
-
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_every_block_runs_as_written(
-    page, files, hub_files, hugging_face_server, compile_cache, tmp_path
-):
+def test_every_block_runs_as_written(page, files, hub_files, hugging_face_server, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(files, work)
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
@@ -138,8 +128,6 @@ def test_every_block_runs_as_written(
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "PYTHONPATH": path,
         "MPLBACKEND": "Agg",
-        "JAX_COMPILATION_CACHE_DIR": compile_cache,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     env.pop("XLA_FLAGS", None)
     ran = 0

@@ -181,7 +181,9 @@ def test_pretrained_by_tag(tmp_path, monkeypatch):
 
 
 def test_streamed_folder_resumes_exactly(tmp_path, tiny_config, same_run):
-    """A folder at image_size > 64 streams through grain; resuming mid-epoch is exact too."""
+    """A folder at image_size > 64 streams through grain; resuming mid-epoch is exact too.
+    Decoded in the trainer's process: the batches are the same with decoding workers
+    (tests/test_data.py), whose start is most of a run this small."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -195,6 +197,7 @@ def test_streamed_folder_resumes_exactly(tmp_path, tiny_config, same_run):
     config = dict(
         dataset="folder", data_dir=str(tmp_path / "data"), train_split="train",
         eval_split="val", image_size=65, num_classes=0, batch_size=8, eval_batch_size=8,
+        num_workers=0,
     )  # fmt: skip
     whole = loop.train_and_evaluate(tiny_config(**config), tmp_path / "whole")
     assert whole["step"] == 6 and whole["eval"] is not None  # 24 images: 3 steps an epoch

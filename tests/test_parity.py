@@ -106,6 +106,26 @@ def small_size(name: str) -> int:
     return 64 if getattr(resnet_flax.create_model(name), "aa_layer", None) == "avg" else 35
 
 
+def _random_variables(rng: np.random.Generator, shapes: dict) -> dict:
+    """Random values for a tree of ``jax.ShapeDtypeStruct``: kernels N(0, 1/fan-in), as
+    LeCun's initialiser draws them, so that deep nets' logits stay in range; norm scales
+    U(0.5, 1), running variances U(0.5, 1.5), everything else (biases, means) N(0, 0.1^2)."""
+
+    def draw(path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
+        name = jax.tree_util.keystr(path[-1:], simple=True)
+        if len(shape.shape) > 1:
+            values = rng.standard_normal(shape.shape) / np.sqrt(np.prod(shape.shape[:-1]))
+        elif name == "scale":
+            values = rng.uniform(0.5, 1.0, shape.shape)
+        elif name == "var":
+            values = rng.uniform(0.5, 1.5, shape.shape)
+        else:
+            values = 0.1 * rng.standard_normal(shape.shape)
+        return values.astype(shape.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def _apply_fns(model, compiled: bool) -> tuple[Callable, Callable]:
     """``(eval, train)`` forwards of ``model``: op by op, or each compiled whole by ``jax.jit``
     (XLA fuses, and may round differently; a compile is most of a deep model's test)."""
@@ -174,15 +194,19 @@ def test_parity(name: str, parity) -> None:
                 f"{name} running stats at {size}: relative error {worst:.2e}"
             )
 
-    # a Flax-initialised model, exported, loads into torchvision and gives the same logits
+    # a Flax-initialised model, exported, loads into torchvision and gives the same logits.
+    # Flax's init for one name per family (AT_224), with its initialisers' values; for the
+    # others, the same tree (names, shapes, dtypes) from init's abstract evaluation, filled
+    # with random values: init itself compiles every initialiser at every new shape (3-10 s
+    # a name), and the export and torchvision's strict load check the tree, not its values.
     flax_model = resnet_flax.create_model(name, **parity.options(name))
     x = rng.standard_normal((2, small, small, 3), dtype=np.float32)
-    # pruned widths: a shape per conv, so one compiled init (op by op compiles each op of
-    # each layer's initialiser); the others op by op, whose small programs the earlier
-    # names of this worker have compiled already
-    pruned = getattr(model, "block_widths", None) is not None
-    init = jax.jit(flax_model.init, static_argnames="train") if pruned else flax_model.init
-    flax_vars = init(jax.random.key(1), x[:1], train=False)
+    init = functools.partial(flax_model.init, train=False)
+    if name in AT_224:
+        flax_vars = jax.jit(init)(jax.random.key(1), x[:1])
+    else:
+        shapes = jax.eval_shape(init, jax.random.key(1), x[:1])
+        flax_vars = _random_variables(rng, shapes)
     # on the meta device no time goes to torch's own initialisation; not for blur pooling,
     # whose filter is a buffer outside the state_dict that only a real build fills
     blur = getattr(flax_model, "aa_layer", None) == "blur"
