@@ -9,7 +9,7 @@ import pytest
 
 import resnet_flax
 from resnet_flax.models.layers import BatchNorm, adaptive_avg_pool
-from resnet_flax.models.registry import count_parameters
+from resnet_flax.models.registry import count_parameters, init_variables
 
 
 def n_params(name: str, **options) -> int:
@@ -88,8 +88,7 @@ def test_image_too_small_or_wrong_size() -> None:
 
 
 def test_zero_init_residual_zeroes_last_bn() -> None:
-    model = resnet_flax.create_model("resnet20", zero_init_residual=True)
-    params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()["params"]
+    params = init_variables(resnet_flax.create_model("resnet20", zero_init_residual=True))["params"]
     assert not np.asarray(params["layer1_0"]["bn2"]["scale"]).any()
     assert np.asarray(params["layer1_0"]["bn1"]["scale"]).all()
 
@@ -98,7 +97,7 @@ def test_zero_init_residual_zeroes_resnetv2s_last_conv() -> None:
     """timm's zero_init_last in ResNetV2 zeroes conv3's kernel (off by default, as in timm)."""
     for zero in (False, True):
         model = resnet_flax.create_model("resnetv2_50x1_bit", zero_init_residual=zero)
-        params = jax.jit(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()
+        params = init_variables(model)
         block = params["params"]["stages_1"]["blocks_2"]
         assert np.asarray(block["conv3"]["kernel"]).any() != zero
         assert np.asarray(block["conv2"]["kernel"]).any()
@@ -259,7 +258,7 @@ def test_drop_path_is_stochastic_depth_in_training_only(name):
     plain = resnet_flax.create_model(name, **options)
     dropping = resnet_flax.create_model(name, drop_path_rate=0.5, **options)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = plain.init(jax.random.key(1), x)
+    variables = init_variables(plain, seed=1)
     np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))
 
     def train(key):
