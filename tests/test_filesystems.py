@@ -52,6 +52,9 @@ def test_a_run_on_gcs_stops_and_resumes_there_exactly(gcs, same_run, tmp_path, t
 
     run = paths.as_path(remote)
     assert json.loads((run / "config.json").read_text())["name"] == "tiny_config"
+    # each step's checksums, written in place (an object store shows an upload whole)
+    written = {p.name for p in (run / "checkpoints" / "8").iterdir()}
+    assert "checksums.json" in written and "checksums.json.part" not in written
     events = list((run / "tensorboard").iterdir())
     assert len(events) == 2 and all(e.stat().length > 0 for e in events)  # one per launch
     assert cli.main(["--config", str(config), "--workdir", remote, "--eval_only"]) == 0

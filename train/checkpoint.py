@@ -308,6 +308,11 @@ def record_checksums(step_dir: paths.Path) -> None:
         if not step_dir.is_dir():
             return
         text = json.dumps({"sha256": digests}, indent=0)
+        if not paths.is_local(step_dir):
+            # an object store shows an upload whole or not at all; a rename there is a copy
+            # and a delete
+            (step_dir / CHECKSUMS).write_text(text)
+            return
         partial = step_dir / f"{CHECKSUMS}.part"
         partial.write_text(text)
         partial.replace(step_dir / CHECKSUMS)
