@@ -42,7 +42,7 @@ import pytest
 import resnet_flax
 from bench.provenance import machine
 from resnet_flax.io.convert import export_torchvision, load_torchvision, torch_key
-from resnet_flax.models.registry import count_parameters
+from resnet_flax.models.registry import count_parameters, init_variables
 
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[torch]'")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
@@ -195,18 +195,17 @@ def test_parity(name: str, parity) -> None:
             )
 
     # a Flax-initialised model, exported, loads into torchvision and gives the same logits.
-    # Flax's init for one name per family (AT_224), with its initialisers' values; for the
-    # others, the same tree (names, shapes, dtypes) from init's abstract evaluation, filled
-    # with random values: init itself compiles every initialiser at every new shape (3-10 s
-    # a name), and the export and torchvision's strict load check the tree, not its values.
+    # Flax's init (init_variables, the package's one way) for one name per family (AT_224),
+    # with its initialisers' values; for the others, the same tree (names, shapes, dtypes)
+    # from init's abstract evaluation, filled with random values: init itself compiles every
+    # initialiser at every new shape (3-10 s a name), and the export and torchvision's strict
+    # load check the tree, not its values.
     flax_model = resnet_flax.create_model(name, **parity.options(name))
     x = rng.standard_normal((2, small, small, 3), dtype=np.float32)
-    init = functools.partial(flax_model.init, train=False)
     if name in AT_224:
-        flax_vars = jax.jit(init)(jax.random.key(1), x[:1])
+        flax_vars = init_variables(flax_model, small, seed=1)
     else:
-        shapes = jax.eval_shape(init, jax.random.key(1), x[:1])
-        flax_vars = _random_variables(rng, shapes)
+        flax_vars = _random_variables(rng, init_variables(flax_model, small, abstract=True))
     # on the meta device no time goes to torch's own initialisation; not for blur pooling,
     # whose filter is a buffer outside the state_dict that only a real build fills
     blur = getattr(flax_model, "aa_layer", None) == "blur"
