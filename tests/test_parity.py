@@ -10,7 +10,8 @@ models (:data:`LARGEST`, over 230M parameters) get the small size, eval and trai
 parameter count, without the copies of the export checks. A compile per size and mode is
 most of a deep model's time, and every family's jitted forward and derivatives are checked
 against float64 in ``tests/test_transforms.py``. Import -> export returns identical arrays; a
-Flax-initialised model exported to torchvision gives the same logits. Bound:
+Flax-initialised model exported to torchvision gives the same logits (Flax's init for the
+:data:`AT_224` names, its variables' tree with random values for the others). Bound:
 max |diff| <= 1e-4 * max(1, max |reference|).
 
 Random weights are drawn so that float32 can resolve the answer to the bound (conftest's
