@@ -1,1 +1,2 @@
-"""Side-by-side speed benchmarks: ``python -m bench`` (the docs' Performance page is generated from its results)."""
+"""Side-by-side speed benchmarks: ``python -m bench`` (the docs' Performance page is generated
+from its results)."""

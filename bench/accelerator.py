@@ -8,7 +8,8 @@
    copy of CIFAR-10): wall time from the start of the run (compilation and data
    loading included) to the first evaluation at ``--target`` accuracy, and the final accuracy.
 
-Installs nothing: on a machine that has JAX, ``pip install --no-deps -e .``. Writes one JSON file and prints a table.
+Installs nothing: on a machine that has JAX, ``pip install --no-deps -e .``. Writes one JSON
+file and prints a table.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """oneDNN convolutions for XLA:CPU, called through the XLA FFI.
 
 XLA:CPU's convolutions run well short of PyTorch's on the backward pass (the side-by-side
-bench, ``python -m bench``, shows by how much). PyTorch's CPU convolutions are oneDNN's, so this module runs the same oneDNN
-kernels inside the jitted XLA program: :func:`conv_general_dilated` is
-``lax.conv_general_dilated`` (NHWC/HWIO, float32) whose forward, input gradient and kernel
-gradient are three XLA FFI custom calls. The handlers are ``ctypes`` callbacks into ``libdnnl``
-(the ``onednn-cpu-gomp`` wheel, the ``[cpu]`` extra), so nothing is compiled at install time.
+bench, ``python -m bench``, shows by how much). PyTorch's CPU convolutions are oneDNN's, so
+this module runs the same oneDNN kernels inside the jitted XLA program:
+:func:`conv_general_dilated` is ``lax.conv_general_dilated`` (NHWC/HWIO, float32) whose
+forward, input gradient and kernel gradient are three XLA FFI custom calls. The handlers are
+``ctypes`` callbacks into ``libdnnl`` (the ``onednn-cpu-gomp`` wheel, the ``[cpu]`` extra),
+so nothing is compiled at install time.
 
 Primitives are created once per shape (and per call running at the same time) and pooled.
 Weights are reordered between XLA's HWIO layout and the blocked layout oneDNN picks, inside
