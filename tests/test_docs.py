@@ -128,6 +128,9 @@ def test_every_block_runs_as_written(page, files, hub_files, hugging_face_server
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "PYTHONPATH": path,
         "MPLBACKEND": "Agg",
+        # the blocks' processes compile the same small programs: keep every one, not only
+        # those over JAX's default second (the session's cache, from conftest)
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     env.pop("XLA_FLAGS", None)
     ran = 0
