@@ -59,14 +59,11 @@ def compilation_cache(tmp_path_factory, worker_id):
     processes share."""
     base = tmp_path_factory.getbasetemp()
     folder = str((base.parent if worker_id != "master" else base) / "jax_cache")
-    settings = {
-        "JAX_COMPILATION_CACHE_DIR": folder,
-        "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
-    }
-    previous = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+    settings = {"jax_compilation_cache_dir": folder, "jax_compilation_cache_max_size": 8 << 30}
+    previous = {key.upper(): os.environ.get(key.upper()) for key in settings}
+    for key, value in settings.items():
+        jax.config.update(key, value)  # this process; its subprocesses read the environment
+        os.environ[key.upper()] = str(value)
     yield
     for key, value in previous.items():
         if value is None:
